@@ -1,0 +1,131 @@
+"""Building blocks with PyTorch semantics, channels-last.
+
+The published model is PyTorch; these helpers pin down the details that ports
+usually get wrong: LayerNorm/GroupNorm epsilons and exact variance, exact
+(erf) GELU, torch-style explicit conv padding, BatchNorm momentum, and
+bilinear resizing with `align_corners=False` and no antialiasing.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+# torch.nn.LayerNorm / BatchNorm default epsilon.
+TORCH_NORM_EPS = 1e-5
+
+
+def layer_norm(dim: int, *, rngs: nnx.Rngs, eps: float = TORCH_NORM_EPS,
+               dtype=None) -> nnx.LayerNorm:
+  # Two-pass variance: the fast E[x^2]-E[x]^2 form loses the 1e-4 parity.
+  return nnx.LayerNorm(dim, epsilon=eps, use_fast_variance=False, dtype=dtype,
+                       rngs=rngs)
+
+
+def batch_norm(dim: int, *, rngs: nnx.Rngs, dtype=None) -> nnx.BatchNorm:
+  # torch momentum 0.1 updates running = 0.9 * running + 0.1 * batch; flax's
+  # `momentum` is the weight of the old value.
+  return nnx.BatchNorm(dim, momentum=0.9, epsilon=TORCH_NORM_EPS,
+                       use_fast_variance=False, use_running_average=True,
+                       dtype=dtype, rngs=rngs)
+
+
+def gelu(x: jax.Array) -> jax.Array:
+  """torch.nn.GELU(): the exact erf form, not the tanh approximation."""
+  return jax.nn.gelu(x, approximate=False)
+
+
+def swish(x: jax.Array) -> jax.Array:
+  return x * jax.nn.sigmoid(x)
+
+
+def conv(in_ch: int, out_ch: int, kernel: Sequence[int], *, rngs: nnx.Rngs,
+         stride: int | Sequence[int] = 1,
+         padding: int | Sequence[int] | Sequence[tuple[int, int]] = 0,
+         dilation: int | Sequence[int] = 1, groups: int = 1,
+         use_bias: bool = True, dtype=None) -> nnx.Conv:
+  """A conv with torch's explicit zero padding (symmetric ints or pairs)."""
+  nd = len(kernel)
+  if isinstance(padding, int):
+    padding = [(padding, padding)] * nd
+  else:
+    padding = [p if isinstance(p, tuple) else (p, p) for p in padding]
+  return nnx.Conv(in_ch, out_ch, tuple(kernel), strides=stride,
+                  padding=padding, kernel_dilation=dilation,
+                  feature_group_count=groups, use_bias=use_bias, dtype=dtype,
+                  rngs=rngs)
+
+
+class Mlp(nnx.Module):
+  """fc1 -> exact GELU -> fc2 (timm/mmcv `Mlp`)."""
+
+  def __init__(self, dim: int, hidden: int, out: int | None = None, *,
+               rngs: nnx.Rngs, dtype=None):
+    self.fc1 = nnx.Linear(dim, hidden, dtype=dtype, rngs=rngs)
+    self.fc2 = nnx.Linear(hidden, out or dim, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.fc2(gelu(self.fc1(x)))
+
+
+@functools.lru_cache(maxsize=None)
+def linear_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """(out, in) matrix of torch's linear interpolation, align_corners=False.
+
+  Source coordinate `(i + 0.5) * in / out - 0.5`, clamped below at 0; the
+  right neighbour index is clamped to `in - 1`. No antialiasing, so
+  downscaling samples exactly like torch.nn.functional.interpolate.
+  """
+  scale = in_size / out_size
+  src = np.maximum((np.arange(out_size) + 0.5) * scale - 0.5, 0.0)
+  lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+  hi = np.minimum(lo + 1, in_size - 1)
+  frac = src - lo
+  m = np.zeros((out_size, in_size), np.float64)
+  np.add.at(m, (np.arange(out_size), lo), 1.0 - frac)
+  np.add.at(m, (np.arange(out_size), hi), frac)
+  return m
+
+
+def resize_bilinear(x: jax.Array, size: Sequence[int]) -> jax.Array:
+  """Bilinear resize of `(..., H, W, C)` to `size`, torch semantics.
+
+  Implemented as two small matmuls with static interpolation matrices, which
+  is exact (no renormalised kernels at the borders) and fast on accelerators.
+  """
+  h, w = x.shape[-3], x.shape[-2]
+  out_h, out_w = size
+  if (h, w) == (out_h, out_w):
+    return x
+  mh = jnp.asarray(linear_resize_matrix(h, out_h), x.dtype)
+  mw = jnp.asarray(linear_resize_matrix(w, out_w), x.dtype)
+  x = jnp.einsum("oh,...hwc->...owc", mh, x)
+  return jnp.einsum("pw,...owc->...opc", mw, x)
+
+
+def upsample_nearest(x: jax.Array, factor: int) -> jax.Array:
+  """Nearest upsampling of `(..., H, W, C)` by an integer factor."""
+  return jnp.repeat(jnp.repeat(x, factor, axis=-3), factor, axis=-2)
+
+
+def max_pool(x: jax.Array, kernel: Sequence[int], stride: Sequence[int],
+             padding: Sequence[int]) -> jax.Array:
+  """torch MaxPoolNd on `(B, *spatial, C)`; padding counts as -inf."""
+  window = (1, *kernel, 1)
+  strides = (1, *stride, 1)
+  pads = ((0, 0), *((p, p) for p in padding), (0, 0))
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, strides, pads)
+
+
+def pad_right_bottom(x: jax.Array) -> jax.Array:
+  """Zero pad `(B, H, W, C)` by one row at the bottom and one column right.
+
+  The published noise encoder does this before its stride-2/4 convs (torch has
+  no asymmetric conv padding).
+  """
+  return jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))

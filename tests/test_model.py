@@ -1,0 +1,99 @@
+"""Tiny-config model behaviour: shapes, encode/denoise split, train mode, config errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from diffsal_jax import model as model_lib
+from diffsal_jax.models.config import tiny_model_config
+from diffsal_jax.models.diffsal import num_audio_patches
+
+
+def _inputs(cfg, batch=2, seed=0):
+  rng = np.random.default_rng(seed)
+  h, w = cfg.image_size
+  img = rng.standard_normal((batch, cfg.clip_len, h, w, 3)).astype(np.float32)
+  x_t = rng.standard_normal((batch, h, w, 1)).astype(np.float32)
+  t = np.array([0, 999][:batch], np.int32)
+  audio = (rng.standard_normal((batch, num_audio_patches(cfg), *cfg.audio_size)).astype(np.float32)
+           if cfg.variant == "av" else None)
+  return img, x_t, t, audio
+
+
+@pytest.fixture(scope="module", params=["visual", "av"])
+def tiny(request):
+  cfg = tiny_model_config(request.param)
+  return cfg, model_lib.build_model(cfg, seed=0)
+
+
+def test_forward_shape_range_and_api(tiny):
+  cfg, model = tiny
+  img, x_t, t, audio = _inputs(cfg)
+  _, variables = model_lib.split(model)
+  out = model_lib.apply(cfg, variables, img, x_t, t, audio)
+  assert out.shape == (2, *cfg.image_size, 1) and out.dtype == jnp.float32
+  assert bool(jnp.all((out > 0) & (out < 1)))
+  # encode once + denoise equals the one-call forward.
+  feats = model.encode(jnp.asarray(img), None if audio is None else jnp.asarray(audio))
+  np.testing.assert_allclose(model.denoise(feats, jnp.asarray(x_t), jnp.asarray(t)), out,
+                             atol=1e-5)
+  # The timestep matters.
+  other = model_lib.apply(cfg, variables, img, x_t, t[::-1], audio)
+  assert float(jnp.abs(other - out).max()) > 1e-6
+
+
+def test_train_mode_updates_batch_stats_and_dropout_is_keyed(tiny):
+  cfg, model = tiny
+  img, x_t, t, audio = (jnp.asarray(a) if a is not None else None for a in _inputs(cfg))
+  graphdef, variables = model_lib.split(model)
+  m = model_lib.merge(graphdef, jax.tree.map(jnp.array, variables))
+  a = m(img, x_t, t, audio, train=True, dropout_key=jax.random.key(0))
+  b = m(img, x_t, t, audio, train=True, dropout_key=jax.random.key(1))
+  assert float(jnp.abs(a - b).max()) > 0  # dropout 0.1 in the noise encoder
+  _, after = model_lib.split(m)
+  before = variables["batch_stats"]["decoder_net"]["mt_proj_bn"]["mean"]
+  assert float(jnp.abs(after["batch_stats"]["decoder_net"]["mt_proj_bn"]["mean"] - before).max()) > 0
+
+
+def test_vggish_gets_no_gradient():
+  cfg = tiny_model_config("av")
+  model = model_lib.build_model(cfg)
+  img, x_t, t, audio = (jnp.asarray(a) for a in _inputs(cfg))
+  graphdef, variables = model_lib.split(model)
+
+  def loss(params):
+    m = model_lib.merge(graphdef, {"params": params, "batch_stats": variables["batch_stats"]})
+    return jnp.sum(m(img, x_t, t, audio) ** 2)
+
+  grads = jax.grad(loss)(variables["params"])
+  norm = lambda tree: sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(tree))
+  assert norm(grads["audio_net"]) == 0.0
+  assert norm(grads["spatiotemp_net"]) > 0.0 and norm(grads["visual_net"]) > 0.0
+
+
+def test_fix_quirks_variant_runs_and_differs():
+  cfg = tiny_model_config("av")
+  fixed = cfg.copy_and_resolve_references()
+  fixed.fix_quirks = True
+  img, x_t, t, audio = _inputs(cfg)
+  out_a = model_lib.apply(cfg, model_lib.init_variables(cfg), img, x_t, t, audio)
+  v_fixed = model_lib.init_variables(fixed)
+  assert "embed_proj" in v_fixed["params"]["spatiotemp_net"]
+  out_b = model_lib.apply(fixed, v_fixed, img, x_t, t, audio)
+  assert out_a.shape == out_b.shape
+  assert float(jnp.abs(out_a - out_b).max()) > 1e-6
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("image_size", (60, 96), "multiples of 32"),
+    ("variant", "audio", "variant"),
+    ("clip_len", 7, "clip_len"),
+    ("audio_size", (64, 96), "audio_size"),
+])
+def test_bad_model_config_names_the_field(field, value, message):
+  cfg = tiny_model_config("av")
+  cfg[field] = value
+  with pytest.raises(ValueError, match=message):
+    model_lib.build_model(cfg)
