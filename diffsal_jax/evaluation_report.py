@@ -1,0 +1,134 @@
+"""Averages per-frame saliency scores and writes the evaluation report.
+
+Frames -> video means (NaN frames skipped) -> fold means over videos; the
+overall row pools the videos of every fold, as the STAViS scripts do.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import pathlib
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+from diffsal_jax import metrics
+from diffsal_jax import saliency_io
+
+METRIC_TITLES = ("CC", "SIM", "KLD", "NSS", "AUC-J", "AUC-B", "sAUC")
+
+
+def _nanmean(values: Sequence[float]) -> float:
+  finite = [v for v in values if np.isfinite(v)]
+  return float(np.mean(finite)) if finite else float("nan")
+
+
+def _summary(rows: dict[str, Sequence[float]]) -> dict[str, float]:
+  return {name: _nanmean(rows[name]) for name in metrics.METRIC_NAMES}
+
+
+def summarise(results: Sequence[tuple[object, np.ndarray]],
+              missing: dict[int | None, list[str]]) -> dict:
+  """Per-video, per-fold and pooled means.
+
+  `results` holds (job, scores) pairs: job has `fold`, `video`, `frame_ids`;
+  scores is (n_frames, len(METRIC_NAMES)). `missing` lists, per fold, the
+  videos without predictions.
+  """
+  folds: dict[str, dict] = {}
+  nan_frames = dict.fromkeys(metrics.METRIC_NAMES, 0)
+  all_videos = []
+  for job, scores in sorted(results, key=lambda r: (r[0].fold or 0,
+                                                    r[0].video)):
+    entry = {"n_frames": len(job.frame_ids)}
+    entry.update(_summary(dict(zip(metrics.METRIC_NAMES, scores.T))))
+    for name, column in zip(metrics.METRIC_NAMES, scores.T):
+      nan_frames[name] += int(np.isnan(column).sum())
+    label = "all" if job.fold is None else str(job.fold)
+    folds.setdefault(label, {"videos": {}})["videos"][job.video] = entry
+    all_videos.append(entry)
+  for fold, fold_missing in missing.items():
+    label = "all" if fold is None else str(fold)
+    fold_entry = folds.setdefault(label, {"videos": {}})
+    videos = list(fold_entry["videos"].values())
+    fold_entry.update(n_videos=len(videos), missing_videos=fold_missing,
+                      n_frames=sum(v["n_frames"] for v in videos),
+                      mean=_summary({n: [v[n] for v in videos]
+                                     for n in metrics.METRIC_NAMES}))
+  overall = {"n_videos": len(all_videos),
+             "n_frames": sum(v["n_frames"] for v in all_videos),
+             "mean": _summary({n: [v[n] for v in all_videos]
+                               for n in metrics.METRIC_NAMES})}
+  return {"folds": folds, "overall": overall, "nan_frames": nan_frames}
+
+
+def _json_safe(value):
+  if isinstance(value, dict):
+    return {str(k): _json_safe(v) for k, v in value.items()}
+  if isinstance(value, list | tuple):
+    return [_json_safe(v) for v in value]
+  if isinstance(value, float) and not np.isfinite(value):
+    return None
+  return value
+
+
+def _summary_rows(report: dict) -> list[tuple[str, int, int, dict]]:
+  rows = [(label, f["n_videos"], f["n_frames"], f["mean"])
+          for label, f in report["folds"].items()]
+  if len(rows) > 1:
+    overall = report["overall"]
+    rows.append(("all folds", overall["n_videos"], overall["n_frames"],
+                 overall["mean"]))
+  return rows
+
+
+def markdown_table(report: dict) -> str:
+  """One row per fold (plus the pooled row when there are several)."""
+  head = ["fold", "videos", "frames", *METRIC_TITLES]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for label, n_videos, n_frames, means in _summary_rows(report):
+    cells = [f"{means[n]:.4f}" for n in metrics.METRIC_NAMES]
+    lines.append("| " + " | ".join([label, str(n_videos), str(n_frames),
+                                     *cells]) + " |")
+  return "\n".join(lines)
+
+
+def write_reports(report: dict, prefix: pathlib.Path) -> list[pathlib.Path]:
+  """Writes <prefix>.json (everything) and <prefix>.csv (video and means)."""
+  json_path = prefix.with_name(prefix.name + ".json")
+  csv_path = prefix.with_name(prefix.name + ".csv")
+  saliency_io.atomic_write(json_path, lambda f: json.dump(
+      _json_safe(report), f, indent=2, allow_nan=False))
+
+  def write_csv(stream) -> None:
+    writer = csv.writer(stream)
+    writer.writerow(["fold", "video", "n_frames", *metrics.METRIC_NAMES])
+    for label, fold in report["folds"].items():
+      for video, entry in fold["videos"].items():
+        writer.writerow([label, video, entry["n_frames"],
+                         *(entry[n] for n in metrics.METRIC_NAMES)])
+    for label, _, n_frames, means in _summary_rows(report):
+      writer.writerow([label, "(mean)", n_frames,
+                       *(means[n] for n in metrics.METRIC_NAMES)])
+
+  saliency_io.atomic_write(csv_path, write_csv)
+  return [json_path, csv_path]
+
+
+def warn_about(report: dict) -> None:
+  """Prints skipped videos, unmatched frames and NaN counts to stderr."""
+  for label, fold in report["folds"].items():
+    if fold["missing_videos"]:
+      print(f"warning: fold {label}: {len(fold['missing_videos'])} videos have"
+            f" no predictions and were skipped: {fold['missing_videos'][:5]}",
+            file=sys.stderr)
+  if report["unmatched_prediction_frames"]:
+    print(f"warning: {report['unmatched_prediction_frames']} prediction frames"
+          " have no ground truth and were skipped", file=sys.stderr)
+  for name, count in report["nan_frames"].items():
+    if count:
+      print(f"warning: {name} undefined (NaN) on {count} frames (empty "
+            "fixations or constant maps); skipped in the averages",
+            file=sys.stderr)
