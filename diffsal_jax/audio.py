@@ -24,8 +24,8 @@ import librosa
 import numpy as np
 import soundfile
 
-
 from diffsal_jax.resample import SAMPLE_RATE, resample_to_16k  # noqa: F401 (re-exported)
+
 WINDOW_SAMPLES = 400  # 25 ms at 16 kHz.
 HOP_SAMPLES = 160  # 10 ms at 16 kHz.
 FFT_LENGTH = 512  # Next power of two above the window.

@@ -1,0 +1,90 @@
+"""Image handling of the published loaders, shared by the converter and the
+reference loader so both apply the very same PIL calls.
+
+Published rules (junwenxiong/diff_sal, Pillow 9.4 / torchvision 0.15):
+- DHF1K frames and maps: `transforms.Resize((H, W))` on the PIL image, i.e.
+  `img.resize((W, H), BILINEAR)`.
+- AV frames: `pil_loader` does `img.convert('RGB').resize((320, 240))` with
+  Pillow's default filter (BICUBIC for RGB since Pillow 7), then STAViS'
+  `Scale([W, H])` does `img.resize((W, H), BILINEAR)`.
+- AV maps: `convert('L')` then `transforms.Resize((H, W))` (BILINEAR).
+- Maps become targets by ToTensor, i.e. divided by 255 (not by their max).
+- Fixations: the metrics binarise with `value > 0.5` after scaling to [0, 1].
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+AV_INTERMEDIATE_WH = (320, 240)
+IMAGE_FORMATS = ("jpeg", "png")
+JPEG_QUALITY = 95
+
+
+def open_image(data: bytes) -> Image.Image:
+  """Decodes fully (so truncated files raise here, not later)."""
+  img = Image.open(io.BytesIO(data))
+  img.load()
+  return img
+
+
+def frame_to_model_size(img: Image.Image, family: str, size_hw) -> np.ndarray:
+  """RGB uint8 (H, W, 3) exactly as the published loader of `family` sees it."""
+  height, width = size_hw
+  img = img.convert("RGB")
+  if family == "av":
+    # Explicit BICUBIC = the default the published code relied on.
+    img = img.resize(AV_INTERMEDIATE_WH, Image.BICUBIC)
+  return np.asarray(img.resize((width, height), Image.BILINEAR))
+
+
+def map_to_model_size(img: Image.Image, size_hw) -> np.ndarray:
+  """Grey uint8 (H, W) map; the target is this divided by 255."""
+  height, width = size_hw
+  return np.asarray(img.convert("L").resize((width, height), Image.BILINEAR))
+
+
+def fixation_points(binary: np.ndarray) -> np.ndarray:
+  """(K, 2) int32 (row, col) of the fixated pixels of a boolean map."""
+  return np.argwhere(binary).astype(np.int32)
+
+
+def fixations_from_image(img: Image.Image) -> np.ndarray:
+  """DHF1K fixation PNG -> points (8-bit value / 255 > 0.5)."""
+  return fixation_points(np.asarray(img.convert("L")) > 127)
+
+
+def render_fixations(points: np.ndarray, orig_hw, size_hw) -> np.ndarray:
+  """Binary uint8 (H, W) map at `size_hw` of points given at `orig_hw`.
+
+  A fixation at original pixel (r, c) lands on (r*H//H0, c*W//W0), so every
+  fixation survives downscaling (a resize of the binary map would blur or
+  drop isolated pixels).
+  """
+  height, width = size_hw
+  out = np.zeros((height, width), np.uint8)
+  if len(points):
+    rows = points[:, 0].astype(np.int64) * height // orig_hw[0]
+    cols = points[:, 1].astype(np.int64) * width // orig_hw[1]
+    out[rows, cols] = 1
+  return out
+
+
+def encode_image(array: np.ndarray, fmt: str) -> bytes:
+  """JPEG (quality 95, no chroma subsampling) or PNG bytes of a uint8 array."""
+  buffer = io.BytesIO()
+  img = Image.fromarray(array)
+  if fmt == "jpeg":
+    img.save(buffer, "JPEG", quality=JPEG_QUALITY, subsampling=0)
+  elif fmt == "png":
+    img.save(buffer, "PNG", compress_level=1)
+  else:
+    raise ValueError(f"image format must be one of {IMAGE_FORMATS}, got {fmt!r}")
+  return buffer.getvalue()
+
+
+def decode_image(data: bytes) -> np.ndarray:
+  return np.asarray(Image.open(io.BytesIO(data)))
