@@ -1,6 +1,6 @@
 r"""Scores saliency predictions with the benchmark metrics.
 
-  python -m diffsal_jax.evaluate --pred DIR [DIR ...] --data RAW \
+  python -m diffsal_jax.evaluate --pred DIR [DIR ...] --data SHARDS_OR_RAW \
       --dataset {dhf1k,avad,coutrot1,coutrot2,diem,etmd,summe} \
       [--fold K ...] [--workers 2] [--out PREFIX]
 
@@ -288,9 +288,11 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--pred", nargs="+", required=True, help=(
       "prediction folder(s); several folders are folds 1, 2, ... unless "
       "--fold says otherwise"))
-  parser.add_argument("--data", required=True, help=(
-      "raw dataset root: DHF1K root with annotation/, or the STAViS data "
-      "root with annotations/ and fold_lists/"))
+  parser.add_argument("--data", required=True, metavar="SHARDS_OR_RAW", help=(
+      "ground truth: the output folder of `python -m data_prep convert` "
+      "(holds manifest.json), or the raw release: DHF1K root with "
+      "annotation/, or the STAViS data root with annotations/ and "
+      "fold_lists/"))
   parser.add_argument("--dataset", required=True,
                       choices=saliency_io.DATASETS)
   parser.add_argument("--fold", nargs="+", type=int, help=(

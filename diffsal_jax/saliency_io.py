@@ -3,10 +3,10 @@
 The evaluation only talks to a `GroundTruthSource`: per video, the frame ids
 and readers for the continuous map and the binary fixation map of one frame.
 Two readers of the raw releases are here (DHF1K, and the six audio-visual
-sets as packaged by STAViS); a reader of the project's ArrayRecord shards can
-be added by implementing the same four methods. Sources must be picklable
-(they are sent to worker processes). Predictions are read through a
-`PredictionSource`; `PredictionDir` reads the layouts below and
+sets as packaged by STAViS); `shard_ground_truth.py` reads the project's
+ArrayRecord shards and `open_raw_source` picks the right one. Sources must
+be picklable (they are sent to worker processes). Predictions are read
+through a `PredictionSource`; `PredictionDir` reads the layouts below and
 `save_prediction` writes ours.
 
 Prediction layouts (frame = 1-based ground-truth frame number):
@@ -31,6 +31,8 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 import scipy.io
+
+from data_prep import manifest as shard_manifest
 
 # CLI name -> folder name in the STAViS package (annotations/<folder>/...).
 AV_FOLDERS = {
@@ -209,10 +211,25 @@ class StavisRawSource(GroundTruthSource):
 
 def open_raw_source(data_root: str | pathlib.Path,
                     dataset: str) -> GroundTruthSource:
-  """Reader of the raw release of `dataset` under `data_root`."""
-  if dataset == "dhf1k":
-    return Dhf1kRawSource(data_root)
-  return StavisRawSource(data_root, dataset)
+  """Reader of `dataset` under `data_root`: converted shards or raw release.
+
+  A folder holding manifest.json is the output of `python -m data_prep
+  convert`; anything else must be the raw release.
+  """
+  manifest = pathlib.Path(data_root) / shard_manifest.MANIFEST_NAME
+  if manifest.is_file():
+    # Imported here: it imports this module, and grain (slow) behind it.
+    # pylint: disable-next=g-import-not-at-top
+    from diffsal_jax import shard_ground_truth
+    return shard_ground_truth.ShardGroundTruth(data_root, dataset)
+  try:
+    if dataset == "dhf1k":
+      return Dhf1kRawSource(data_root)
+    return StavisRawSource(data_root, dataset)
+  except FileNotFoundError as error:
+    raise FileNotFoundError(
+        f"--data {data_root} is neither converted shards (no {manifest}) nor "
+        f"a raw release ({error})") from None
 
 
 class PredictionSource(abc.ABC):
