@@ -150,12 +150,12 @@ def _fixation_points(reader: _SourceReader, k: int, map_hw) -> np.ndarray:
   if path.suffix == ".mat":
     data = reader.read(path)
     try:
-      binary = np.asarray(scipy.io.loadmat(io.BytesIO(data))["eyeMap"]) > 0.5
+      binary = np.asarray(scipy.io.loadmat(io.BytesIO(data))["eyeMap"]) > 0
     except Exception as e:   # bad .mat, v7.3 (HDF5) file, no eyeMap variable
       reader.fail("bad_fixations", path, f"cannot read variable eyeMap ({e})")
   else:
     img, _ = reader.image(path)
-    binary = np.asarray(img.convert("L")) > 127
+    binary = np.asarray(img.convert("L")) > 0
   if binary.shape != tuple(map_hw):
     reader.fail("bad_fixations", path, f"fixation map {binary.shape} but saliency map {map_hw}")
   return image_rules.fixation_points(binary)

@@ -9,7 +9,8 @@ Published rules (junwenxiong/diff_sal, Pillow 9.4 / torchvision 0.15):
   `Scale([W, H])` does `img.resize((W, H), BILINEAR)`.
 - AV maps: `convert('L')` then `transforms.Resize((H, W))` (BILINEAR).
 - Maps become targets by ToTensor, i.e. divided by 255 (not by their max).
-- Fixations: the metrics binarise with `value > 0.5` after scaling to [0, 1].
+- Fixations: any nonzero pixel is fixated, as in the MIT benchmark code
+  (`fixationMap > 0`) and our evaluator's raw readers.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ def fixation_points(binary: np.ndarray) -> np.ndarray:
 
 
 def fixations_from_image(img: Image.Image) -> np.ndarray:
-  """DHF1K fixation PNG -> points (8-bit value / 255 > 0.5)."""
-  return fixation_points(np.asarray(img.convert("L")) > 127)
+  """DHF1K fixation PNG -> points (any nonzero pixel)."""
+  return fixation_points(np.asarray(img.convert("L")) > 0)
 
 
 def render_fixations(points: np.ndarray, orig_hw, size_hw) -> np.ndarray:
