@@ -197,7 +197,7 @@ class MViT(nnx.Module):
     x = jnp.concatenate([cls_tok, x], axis=1)
     outs = []
     for i, block in enumerate(self.blocks):
-      x, thw = block(x, thw)
+      x, thw = block(layers.gradient_barrier(x), thw)
       if i in self.stage_ends:
         # The stage norm is applied to the residual stream itself.
         x = self.norms[self.stage_ends.index(i)](x)
