@@ -4,7 +4,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from diffsal_jax import model as model_lib
 from diffsal_jax.models.config import tiny_model_config

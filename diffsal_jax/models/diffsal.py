@@ -68,7 +68,8 @@ class DiffSal(nnx.Module):
       raise ValueError("the audio-visual model needs `audio` (B, P, h, w) log-mel patches")
     b, p, h, w = audio.shape
     a = self.audio_net(audio.reshape(b * p, h, w, 1).astype(self.dtype))
-    a = jax.lax.stop_gradient(a)  # VGGish is frozen, as published
+    # Published: VGGish frozen. The trainer freezes it (config.frozen_subtrees,
+    # which also skips its backward pass); a from-scratch run may train it.
     a = self.spatiotemp_net(a.reshape(b, p, *a.shape[1:]))
     return {"vis": vis, "audio": a}
 

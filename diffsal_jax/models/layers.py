@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from diffsal_jax.models import fused_ops
+
 # torch.nn.LayerNorm / BatchNorm default epsilon.
 TORCH_NORM_EPS = 1e-5
 
@@ -37,7 +39,7 @@ def batch_norm(dim: int, *, rngs: nnx.Rngs, dtype=None) -> nnx.BatchNorm:
 
 def gelu(x: jax.Array) -> jax.Array:
   """torch.nn.GELU(): the exact erf form, not the tanh approximation."""
-  return jax.nn.gelu(x, approximate=False)
+  return fused_ops.gelu(x)
 
 
 def swish(x: jax.Array) -> jax.Array:
@@ -63,13 +65,8 @@ def conv(in_ch: int, out_ch: int, kernel: Sequence[int], *, rngs: nnx.Rngs,
 
 
 class DepthwiseConv(nnx.Conv):
-  """A depthwise `nnx.Conv` (same parameters) computed as shifted products.
-
-  XLA:CPU runs grouped convolutions through a generic loop that is 100x+
-  slower than one fused multiply-add per kernel tap; on accelerators the
-  fused form is as fast as the convolution. Sums follow the tap order, so
-  results differ from the convolution by float32 rounding only.
-  """
+  """A depthwise `nnx.Conv` (same parameters) computed as shifted products
+  (see `fused_ops.depthwise_conv`: XLA:CPU grouped convolutions are slow)."""
 
   def __call__(self, inputs: jax.Array) -> jax.Array:
     nd = len(self.kernel_size)
@@ -80,99 +77,10 @@ class DepthwiseConv(nnx.Conv):
     x, kernel = x.astype(dtype), kernel.astype(dtype)
     strides = (self.strides,) * nd if isinstance(self.strides, int) else tuple(
         self.strides or (1,) * nd)
-    y = depthwise_conv(x, kernel, strides, tuple(self.padding))
+    y = fused_ops.depthwise_conv(x, kernel, strides, tuple(self.padding))
     if self.bias is not None:
       y = y + self.bias[...].astype(y.dtype)
     return y.reshape(*batch_shape, *y.shape[1:])
-
-
-def depthwise_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
-                   padding: Sequence[tuple[int, int]]) -> jax.Array:
-  """`x (N, *spatial, C)`, `kernel (*k, C)` -> `(N, *out_spatial, C)`."""
-  ks = kernel.shape[:-1]
-  if tuple(ks) == tuple(strides) and all(p == (0, 0) for p in padding):
-    # Non-overlapping windows: one reshape and a weighted window sum (the
-    # rows and columns that no window covers are dropped, as by the conv).
-    n, c = x.shape[0], x.shape[-1]
-    x = x[(slice(None), *(slice(0, size - size % k)
-                          for size, k in zip(x.shape[1:-1], ks)))]
-    split = [d for size, k in zip(x.shape[1:-1], ks) for d in (size // k, k)]
-    y = x.reshape(n, *split, c) * kernel.reshape(
-        *[d for k in ks for d in (1, k)], c)
-    return y.sum(axis=tuple(range(2, 2 * len(ks) + 1, 2)))
-  return _shifted_conv(x, kernel, tuple(strides), tuple(map(tuple, padding)))
-
-
-@jax.custom_vjp
-def gradient_barrier(x: jax.Array) -> jax.Array:
-  """Identity whose gradient is materialised here.
-
-  Without it XLA fuses the long elementwise chain of a residual stream's
-  gradient (LayerNorm backward after LayerNorm backward) into each consumer,
-  recomputing it once per block.
-  """
-  return x
-
-
-gradient_barrier.defvjp(lambda x: (x, None),
-                        lambda _, g: (jax.lax.optimization_barrier(g),))
-
-
-def _windows(x: jax.Array, kernel_size: Sequence[int], strides: Sequence[int]):
-  """Yields (tap, the strided window of `x` that kernel tap multiplies)."""
-  out = [(n - k) // s + 1 for n, k, s in zip(x.shape[1:-1], kernel_size, strides)]
-  for tap in np.ndindex(*kernel_size):
-    limit = (t + (o - 1) * s + 1 for t, o, s in zip(tap, out, strides))
-    yield tap, jax.lax.slice(x, (0, *tap, 0), (x.shape[0], *limit, x.shape[-1]),
-                             (1, *strides, 1))
-
-
-def _valid_conv(x: jax.Array, kernel: jax.Array, strides) -> jax.Array:
-  total = None
-  for tap, window in _windows(x, kernel.shape[:-1], strides):
-    term = window * kernel[tap]
-    total = term if total is None else total + term
-  return total
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _shifted_conv(x, kernel, strides, padding):
-  return _valid_conv(jnp.pad(x, ((0, 0), *padding, (0, 0))), kernel, strides)
-
-
-def _shifted_conv_fwd(x, kernel, strides, padding):
-  return _shifted_conv(x, kernel, strides, padding), (x, kernel)
-
-
-def _shifted_conv_bwd(strides, padding, residuals, g):
-  """Hand-written VJP: autodiff of the tap slices compiles slowly, and XLA
-  schedules all their backward windows early, keeping them alive at once.
-  dx is one stride-1 conv of the dilated gradient with the flipped kernel;
-  dk loops over the taps, one window in memory at a time."""
-  x, kernel = residuals
-  ks = kernel.shape[:-1]
-  dilate = [(0, 0, 0)]
-  for n, k, s, (lo, _), o in zip(x.shape[1:-1], ks, strides, padding,
-                                 g.shape[1:-1]):
-    # Place g[o] at padded position o*s, shift by k-1 and crop the padding.
-    dilate.append((k - 1 - lo, n + lo - (o - 1) * s - 1, s - 1))
-  g_full = jax.lax.pad(g, jnp.zeros((), g.dtype), (*dilate, (0, 0, 0)))
-  dx = _valid_conv(g_full, kernel[tuple(slice(None, None, -1) for _ in ks)],
-                   (1,) * len(ks))
-  x_padded = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-  size = tuple((o - 1) * s + 1 for o, s in zip(g.shape[1:-1], strides))
-  every = (slice(None), *(slice(None, None, s) for s in strides))
-
-  def tap_gradient(tap):
-    window = jax.lax.dynamic_slice(x_padded, (0, *tap, 0),
-                                   (x.shape[0], *size, x.shape[-1]))[every]
-    return jnp.sum(window * g, axis=tuple(range(g.ndim - 1)))
-
-  taps = jnp.asarray(list(np.ndindex(*ks)), jnp.int32)
-  return dx, jax.lax.map(tap_gradient, taps).reshape(kernel.shape)
-
-
-_shifted_conv.defvjp(_shifted_conv_fwd, _shifted_conv_bwd)
 
 
 class Mlp(nnx.Module):

@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from diffsal_jax.models import fused_ops
 from diffsal_jax.models import layers
 
 _trunc02 = nnx.initializers.truncated_normal(stddev=0.02)
@@ -98,15 +99,16 @@ class MultiScaleAttention(nnx.Module):
   def __call__(self, x: jax.Array, thw: tuple[int, int, int]):
     b, n, _ = x.shape
     hd = self.out_dim // self.num_heads
-    qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, hd).transpose(2, 0, 3, 1, 4)
-    q, q_thw = self._pool(qkv[0], thw, self.pool_q, self.norm_q)
-    k, k_thw = self._pool(qkv[1], thw, self.pool_k, self.norm_k)
-    v, _ = self._pool(qkv[2], thw, self.pool_v, self.norm_v)
-    logits = jnp.einsum("bhqd,bhkd->bhqk", q * hd**-0.5, k)
+    # Split (not index) the fused projection: the gradient of a split is one
+    # concatenation, of three indexings three zero-padded full copies.
+    heads = [t.reshape(b, n, self.num_heads, hd).transpose(0, 2, 1, 3)
+             for t in jnp.split(self.qkv(x), 3, axis=-1)]
+    q, q_thw = self._pool(heads[0], thw, self.pool_q, self.norm_q)
+    k, k_thw = self._pool(heads[1], thw, self.pool_k, self.norm_k)
+    v, _ = self._pool(heads[2], thw, self.pool_v, self.norm_v)
     # The bias uses the pooled q before scaling, and skips the cls row/column.
-    logits = logits.at[:, :, 1:, 1:].add(self._rel_pos_bias(q, q_thw, k_thw))
-    attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-    out = jnp.einsum("bhqk,bhkd->bhqd", attn, v)
+    out = fused_ops.attention(q * hd**-0.5, k, v,
+                              self._rel_pos_bias(q, q_thw, k_thw), 1)
     out = out.at[:, :, 1:].add(q[:, :, 1:])  # residual pooling, not on cls
     out = out.transpose(0, 2, 1, 3).reshape(b, -1, self.out_dim)
     return self.proj(out), q_thw
@@ -197,7 +199,7 @@ class MViT(nnx.Module):
     x = jnp.concatenate([cls_tok, x], axis=1)
     outs = []
     for i, block in enumerate(self.blocks):
-      x, thw = block(layers.gradient_barrier(x), thw)
+      x, thw = block(fused_ops.gradient_barrier(x), thw)
       if i in self.stage_ends:
         # The stage norm is applied to the residual stream itself.
         x = self.norms[self.stage_ends.index(i)](x)

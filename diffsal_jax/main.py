@@ -1,0 +1,109 @@
+r"""DiffSal training, evaluation and prediction.
+
+  python -m diffsal_jax.main --config=configs/demo.py --workdir=/tmp/diffsal_demo
+  python -m diffsal_jax.main --config=configs/pretrain.py --workdir=RUN \
+      --config.data.shards=/data/dhf1k_shards
+  python -m diffsal_jax.main --config=configs/av_finetune.py:fold=2 \
+      --workdir=RUN_AV/fold_2 --config.init_from=RUN
+  python -m diffsal_jax.main --mode=all_folds --config=configs/av_finetune.py \
+      --workdir=RUN_AV --config.init_from=RUN
+  python -m diffsal_jax.main --mode=evaluate --config=... --workdir=RUN [--split=val]
+  python -m diffsal_jax.main --mode=predict --config=... --workdir=RUN --split=test
+
+Any config value can be overridden with --config.<key>=<value>; unknown keys,
+a missing data folder or a batch size the devices cannot split fail at start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging as std_logging
+import os
+
+import jax
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from diffsal_jax import checkpointing
+from diffsal_jax import folds
+from diffsal_jax import model_setup
+from diffsal_jax import train
+
+MODES = ("train", "evaluate", "predict", "all_folds")
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/*.py[:argument]).",
+    lock_config=True)
+flags.DEFINE_string("workdir", None, "Run folder: checkpoints, logs, outputs.")
+flags.DEFINE_enum("mode", "train", MODES,
+                  "train (resumes if the workdir has checkpoints); evaluate "
+                  "a checkpoint; predict a split to PNG maps; all_folds: "
+                  "train + test the three AV folds and average.")
+flags.DEFINE_string("split", None, "evaluate/predict: split to use (default "
+                    "config.final_eval_split).")
+flags.DEFINE_string("checkpoint", None, "evaluate/predict: checkpoint folder "
+                    "(default: the workdir's, chosen by config.eval_checkpoint).")
+flags.DEFINE_enum("distributed", "auto", ("auto", "true", "false"),
+                  "Call jax.distributed.initialize() (auto: when a cluster "
+                  "launcher's environment variables are present).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+def _launched_multi_host() -> bool:
+  """A cluster launcher (JAX coordinator, SLURM, MPI) started several tasks."""
+  counts = (os.environ.get(v) or "1" for v in ("SLURM_NTASKS",
+                                               "OMPI_COMM_WORLD_SIZE"))
+  return "JAX_COORDINATOR_ADDRESS" in os.environ or any(
+      int(n) > 1 for n in counts)
+
+
+def _maybe_initialize_distributed() -> None:
+  if FLAGS.distributed == "true" or (FLAGS.distributed == "auto" and
+                                     _launched_multi_host()):
+    jax.distributed.initialize()
+
+
+def _checkpoint(config) -> str:
+  if FLAGS.checkpoint:
+    return FLAGS.checkpoint
+  prefer = "latest" if config.eval_checkpoint == "latest" else "best"
+  source = FLAGS.workdir if config.eval_checkpoint in ("best", "latest") else (
+      config.eval_checkpoint)
+  return checkpointing.resolve_variables_dir(source, prefer)
+
+
+class _QuietOrbax(std_logging.Filter):
+  """Drops orbax's per-save INFO chatter (its warnings still show)."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or (
+        "orbax" not in record.pathname)
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietOrbax())
+  _maybe_initialize_distributed()
+  logging.info("JAX process %d of %d; %d local of %d devices (%s)",
+               jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count(),
+               jax.devices()[0].platform)
+  config, workdir = FLAGS.config, FLAGS.workdir
+  split = FLAGS.split or config.final_eval_split
+  if FLAGS.mode == "train":
+    train.train_and_evaluate(config, workdir)
+  elif FLAGS.mode == "all_folds":
+    print(json.dumps(folds.run_all_folds(config, workdir)["mean"], indent=2,
+                     sort_keys=True))
+  elif FLAGS.mode == "evaluate":
+    print(json.dumps(model_setup.run_evaluate(
+        config, workdir, split, _checkpoint(config)), indent=2, sort_keys=True))
+  else:
+    model_setup.run_predict(config, workdir, split, _checkpoint(config))
+
+
+if __name__ == "__main__":
+  app.run(main)
