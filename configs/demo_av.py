@@ -10,6 +10,7 @@ visual variant trains the same network without the audio branch on the same
 data, for comparison. Fold 1 of the synthetic fold lists; one video per
 dataset is held out for validation and the fold's test list is scored at the
 end. No download: the data is generated into `<workdir>/synthetic_data`.
+About 4 minutes on a 2-core CPU.
 """
 
 from configs import demo
@@ -25,17 +26,25 @@ def get_config(argument: str = ""):
   c = demo.get_config()
   c.model = demo.demo_model_config(variant)
   # Trained from scratch, so use the intended audio embedding and fusion
-  # (the published quirks only matter for loading published weights) and
-  # train VGGish too (freezing it only makes sense once it is pre-trained).
+  # (the published quirks only matter for loading published weights).
+  # VGGish stays frozen as published, here at its random initialisation:
+  # random convolutions keep the pitch apart, and training them from scratch
+  # at the demo's lr made the audio-visual model worse (measured: held-out
+  # CC 0.19 against 0.57 frozen after 1500 steps).
   c.model.fix_quirks = True
-  c.frozen_subtrees = ()
   c.data.dataset = "av"
   c.data.av_datasets = ("DIEM", "AVAD")
   c.data.fold = 1
   c.data.val_videos_per_dataset = 4
   c.synthetic_data.layout = "av"
   c.synthetic_data.av_datasets = ("DIEM", "AVAD")
-  # 40-frame videos give one training clip each (published 90-frame windows).
-  c.synthetic_data.videos_per_dataset = 128
+  # Each 40-frame video gives one training clip (published 90-frame windows),
+  # and with too few the model learns each video's disc instead of the
+  # audio cue (measured: 128 videos per dataset were not enough).
+  c.synthetic_data.videos_per_dataset = 384
   c.final_eval_split = "test"
+  # Finding the audio cue takes a while and depends on the seed (measured,
+  # seed 0: val CC 0.10 after 375 steps, 0.88 after 750, test CC 0.91 after
+  # 1500; seed 1 stayed at the visual model's 0.57).
+  c.num_train_steps = 1500
   return c

@@ -28,7 +28,7 @@ from data_prep import synth_scene
 def _write_release(raw_dir: str, s: ml_collections.ConfigDict) -> None:
   height, width = s.raw_size
   spec = synth_scene.SceneSpec(num_frames=s.frames_per_video, height=height,
-                               width=width)
+                               width=width, fps=s.fps)
   if s.layout == "dhf1k":
     numbers = synth.dhf1k_numbers(s.train_videos, s.val_videos, 1)
     synth.write_dhf1k(raw_dir, spec, numbers, seed=s.seed)

@@ -77,6 +77,7 @@ def base_config(variant: str = "visual") -> ml_collections.ConfigDict:
   c.synthetic_data.av_datasets = ("DIEM", "AVAD")  # av layout
   c.synthetic_data.videos_per_dataset = 6
   c.synthetic_data.frames_per_video = 40
+  c.synthetic_data.fps = 25.0
   c.synthetic_data.raw_size = (60, 96)
   c.synthetic_data.seed = 0
   return c

@@ -14,6 +14,17 @@ from flax import nnx
 from diffsal_jax.models import layers
 
 
+def per_sample_dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
+  """Inverted dropout whose mask for sample i depends only on (key, i).
+
+  Drawing one mask per sample from its own key keeps a sample's mask
+  independent of how the batch is split over devices.
+  """
+  keys = jax.random.split(key, x.shape[0])
+  keep = jax.vmap(lambda k: jax.random.bernoulli(k, 1.0 - rate, x.shape[1:]))(keys)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
 class ResnetBlock(nnx.Module):
   """GroupNorm-swish-conv twice, time embedding added in between (DDPM style)."""
 
@@ -25,7 +36,7 @@ class ResnetBlock(nnx.Module):
     self.conv1 = layers.conv(in_ch, out_ch, (3, 3), padding=1, dtype=dtype, rngs=rngs)
     self.temb_proj = nnx.Linear(temb_ch, out_ch, dtype=dtype, rngs=rngs)
     self.norm2 = gn(out_ch)
-    self.dropout = nnx.Dropout(dropout)
+    self.dropout_rate = dropout
     self.conv2 = layers.conv(out_ch, out_ch, (3, 3), padding=1, dtype=dtype, rngs=rngs)
     self.nin_shortcut = (layers.conv(in_ch, out_ch, (1, 1), dtype=dtype, rngs=rngs)
                          if in_ch != out_ch else None)
@@ -34,7 +45,8 @@ class ResnetBlock(nnx.Module):
     h = self.conv1(layers.swish(self.norm1(x)))
     h = h + self.temb_proj(layers.swish(temb))[:, None, None, :]
     h = layers.swish(self.norm2(h))
-    h = self.dropout(h, deterministic=dropout_key is None, rngs=dropout_key)
+    if dropout_key is not None and self.dropout_rate > 0:
+      h = per_sample_dropout(h, self.dropout_rate, dropout_key)
     h = self.conv2(h)
     if self.nin_shortcut is not None:
       x = self.nin_shortcut(x)
