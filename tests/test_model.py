@@ -92,9 +92,14 @@ def test_fix_quirks_variant_runs_and_differs():
     ("variant", "audio", "variant"),
     ("clip_len", 7, "clip_len"),
     ("audio_size", (64, 96), "audio_size"),
+    ("mvit.embed_dim", 32, "unet.widths"),
 ])
 def test_bad_model_config_names_the_field(field, value, message):
   cfg = tiny_model_config("av")
-  cfg[field] = value
+  *parents, name = field.split(".")
+  node = cfg
+  for parent in parents:
+    node = node[parent]
+  node[name] = value
   with pytest.raises(ValueError, match=message):
     model_lib.build_model(cfg)

@@ -36,6 +36,12 @@ def _check(cfg: ml_collections.ConfigDict) -> None:
   if cfg.clip_len % 2:
     raise ValueError(f"model.clip_len must be even (the patch embedding has temporal stride 2), "
                      f"got {cfg.clip_len}")
+  m = cfg.mvit
+  stage_dims = tuple(m.embed_dim * 2 ** i for i in range(len(m.downscale_blocks), -1, -1))
+  if tuple(cfg.unet.widths) != stage_dims:
+    raise ValueError(f"model.unet.widths {tuple(cfg.unet.widths)} must be the MViT stage widths "
+                     f"{stage_dims}, deepest first (model.mvit.embed_dim={m.embed_dim}, doubled "
+                     f"at each of model.mvit.downscale_blocks)")
   ah, aw = cfg.audio_size
   if (ah // 16, aw // 16) != (h // 32, w // 32):
     raise ValueError(f"model.audio_size {tuple(cfg.audio_size)} must give the deepest video grid "
