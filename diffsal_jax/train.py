@@ -187,10 +187,16 @@ def _train(loop: _Loop, preemption: _Preemption) -> bool:
       loop.iterator.iterator, ts.batch_sharding(loop.model.mesh), TRAIN_KEYS,
       config.prefetch_to_device)
   pending, started, step = [], time.time(), int(loop.state.step)
+  step_fn = None
   try:
     while step < loop.total_steps:
       batch, iterator_state = next(batches)
-      loop.state, metrics = loop.step_fn(loop.state, batch)
+      if step_fn is None:
+        # Compiled ahead of the first step, so that the compiler's freed
+        # memory goes back to the OS before the step allocates its buffers.
+        step_fn = loop.step_fn.lower(loop.state, batch).compile()
+        ts.release_freed_host_memory()
+      loop.state, metrics = step_fn(loop.state, batch)
       loop.iterator.state = iterator_state
       pending.append(metrics)
       step += 1

@@ -111,6 +111,41 @@ def _barrier_bwd(_, g):
 
 gradient_barrier.defvjp(lambda x: (x, None), _barrier_bwd)
 
+# ------------------------------------------------ recompute in the backward --
+
+
+def recompute_in_backward(fn):
+  """`fn(params, x)` that keeps only its inputs for the backward pass.
+
+  Like `jax.checkpoint`, the backward runs `fn` again to get its residuals.
+  XLA:CPU, though, schedules such a recomputation as early as its inputs
+  allow (during the forward pass), so the residuals were all alive at once
+  and the peak memory did not move. Here the recomputation sits inside a
+  conditional whose predicate reads the incoming gradient: it cannot start
+  before that gradient exists, and its temporaries live only while it runs.
+  Accelerators get an optimization barrier over inputs and gradient instead.
+  """
+
+  @jax.custom_vjp
+  def wrapped(params, x):
+    return fn(params, x)
+
+  def forward(params, x):
+    return fn(params, x), (params, x)
+
+  def backward(residuals, g):
+    def gradients(operands):
+      params, x, g = operands
+      return jax.vjp(fn, params, x)[1](g)
+
+    operands = (*residuals, g)
+    if jax.default_backend() != "cpu":
+      return gradients(jax.lax.optimization_barrier(operands))
+    return jax.lax.cond(jnp.isnan(g.reshape(-1)[0]), gradients, gradients, operands)
+
+  wrapped.defvjp(forward, backward)
+  return wrapped
+
 # --------------------------------------------------- depthwise convolution --
 
 
