@@ -16,12 +16,7 @@
 # config.batch_size (global) must be a multiple of the number of GPUs.
 set -euo pipefail
 
-CONFIG="${1:-${CONFIG:-configs/pretrain.py}}"
-shift $(( $# > 0 ? 1 : 0 ))
-CONFIG_FILE="${CONFIG%%:*}"
-WORKDIR="${1:-${WORKDIR:-runs/$(basename "${CONFIG_FILE}" .py)}}"
-shift $(( $# > 0 ? 1 : 0 ))
-PYTHON="${PYTHON:-python3}"
+source "$(dirname "$0")/run_args.sh"
 
 cd "$(dirname "$0")/.."
 if [[ -n "${GPUS:-}" ]]; then

@@ -26,13 +26,8 @@ set -euo pipefail
 
 : "${TPU:?set TPU to the TPU VM name}"
 : "${ZONE:?set ZONE to the TPU zone}"
-CONFIG="${1:-${CONFIG:-configs/pretrain.py}}"
-shift $(( $# > 0 ? 1 : 0 ))
-CONFIG_FILE="${CONFIG%%:*}"
-WORKDIR="${1:-${WORKDIR:-runs/$(basename "${CONFIG_FILE}" .py)}}"
-shift $(( $# > 0 ? 1 : 0 ))
+source "$(dirname "$0")/run_args.sh"
 REPO_DIR="${REPO_DIR:-~/diffsal_jax}"
-PYTHON="${PYTHON:-python3}"
 
 # Quote every argument for the remote shell.
 EXTRA=""
