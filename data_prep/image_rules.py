@@ -19,6 +19,7 @@ import io
 
 import numpy as np
 from PIL import Image
+import simplejpeg
 
 AV_INTERMEDIATE_WH = (320, 240)
 IMAGE_FORMATS = ("jpeg", "png")
@@ -89,3 +90,21 @@ def encode_image(array: np.ndarray, fmt: str) -> bytes:
 
 def decode_image(data: bytes) -> np.ndarray:
   return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def decode_rgb_into(data: bytes, out: np.ndarray) -> None:
+  """Decodes an RGB frame straight into `out` (H, W, 3) uint8.
+
+  JPEGs go through simplejpeg, which writes into `out` without the two copies
+  of PIL's decode + `np.asarray` (same libjpeg-turbo, default IDCT and
+  upsampling, so the same pixels; the round-trip tests check it); PNG via PIL.
+  """
+  if data[:2] == b"\xff\xd8":
+    decoded = simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out)
+  else:
+    with Image.open(io.BytesIO(data)) as img:
+      decoded = np.asarray(img.convert("RGB"))
+  if decoded.shape != out.shape:
+    raise ValueError(f"stored frame is {decoded.shape}, expected {out.shape}")
+  if decoded.ctypes.data != out.ctypes.data:
+    out[...] = decoded

@@ -21,6 +21,7 @@ import numpy as np
 from array_record.python import array_record_module
 from PIL import Image
 
+from data_prep import image_rules
 from data_prep import manifest as manifest_lib
 
 WRITER_OPTIONS = "group_size:1,uncompressed"   # payloads are already compressed
@@ -143,17 +144,19 @@ class ShardStore:
     data = dict(zip(unique, self._read([self._base[video] + f - 1 for f in unique])))
     return [data[f] for f in frames]
 
-  def frames_uint8(self, video: int, frames: Sequence[int]) -> np.ndarray:
-    """(T, H, W, 3) uint8 frames; each distinct frame is decoded once."""
+  def frames_uint8(self, video: int, frames: Sequence[int],
+                   out: np.ndarray | None = None) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames, written into `out` if given; each distinct
+    frame is decoded once."""
     encoded = self.encoded_frames(video, frames)
-    height, width = self.manifest.image_hw
-    out = np.empty((len(frames), height, width, 3), np.uint8)
+    if out is None:
+      out = np.empty((len(frames), *self.manifest.image_hw, 3), np.uint8)
     decoded = {}
     for i, (frame, data) in enumerate(zip(frames, encoded)):
       if frame in decoded:
         out[i] = out[decoded[frame]]
       else:
-        out[i] = np.asarray(Image.open(io.BytesIO(data)))
+        image_rules.decode_rgb_into(data, out[i])
         decoded[frame] = i
     return out
 

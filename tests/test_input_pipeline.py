@@ -143,6 +143,22 @@ def test_train_order_is_deterministic_and_seeded(dhf1k_shards):
   assert other != _ids(first) and sorted(other) == sorted(_ids(first))
 
 
+def test_each_epoch_is_a_seeded_permutation_of_the_clips():
+  table = ip.ClipTable(np.arange(10, dtype=np.int32), np.zeros((10, 2), np.int32),
+                       np.arange(10, dtype=np.int32))
+  clips = ip.ShuffledEpochs(table, seed=3, num_epochs=3)
+  assert len(clips) == 30
+  epochs = [[clips[e * 10 + i]["video"] for i in range(10)] for e in range(3)]
+  assert all(sorted(e) == list(range(10)) for e in epochs)
+  assert epochs[0] != epochs[1] != epochs[2]
+  assert epochs == [[ip.ShuffledEpochs(table, 3, 3)[e * 10 + i]["video"] for i in range(10)]
+                    for e in range(3)]
+  assert [clips[i]["video"] for i in range(10)] != [
+      ip.ShuffledEpochs(table, 4)[i]["video"] for i in range(10)]
+  with pytest.raises(IndexError):
+    clips[30]
+
+
 def test_processes_see_disjoint_complete_parts(av_shards):
   config = sd.pipeline_config(av_shards[1], "av", batch_size=2)
   config.data.val_videos_per_dataset = 0
@@ -203,6 +219,21 @@ def test_worker_processes_give_the_same_stream_and_state(dhf1k_shards):
   _assert_same_batches([next(resumed) for _ in range(3)], in_process[2:])
   iterator.close()
   resumed.close()
+
+
+def test_threads_and_worker_processes_give_the_in_process_batches(av_shards):
+  """AV evaluation (audio, padding rows, float32 'img'), loaded a batch at a
+  time straight into the batch arrays: the same with threads or processes."""
+  config = sd.pipeline_config(av_shards[1], "av", variant="av", batch_size=4)
+  config.data.image_dtype = "float32"
+  in_process = list(ip.create_eval_dataset(config, "test", process_index=1, process_count=2))
+  assert not in_process[-1]["valid"].all()   # the last batch has padding rows
+  for workers, threads in ((0, 2), (2, 0)):
+    config.data.num_workers, config.data.num_threads = workers, threads
+    iterator = iter(ip.create_eval_dataset(config, "test", process_index=1, process_count=2))
+    _assert_same_batches(list(iterator), in_process)
+    if workers:
+      iterator.close()
 
 
 @pytest.mark.parametrize("field, value, message", [
