@@ -13,7 +13,7 @@ loader's faster mode.
 - pil_published: reads the raw files like the published datasets (PIL decode
   of each frame at its original size, resize, ToTensor/Normalize arithmetic
   per frame, map decode + resize; for `--layout av` also the wav and its
-  log-mel patches). It runs through the same grain shuffle and batching, so
+  log-mel patches). It runs through the same shuffle and grain batching, so
   only the per-clip work differs.
 - grain_<format>: `input_pipeline.create_train_dataset` on the shards of
   `python -m data_prep convert --image_format <format>`; grain_<format>_uint8
