@@ -102,8 +102,7 @@ def decode_rgb_into(data: bytes, out: np.ndarray) -> None:
   if data[:2] == b"\xff\xd8":
     decoded = simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out)
   else:
-    with Image.open(io.BytesIO(data)) as img:
-      decoded = np.asarray(img.convert("RGB"))
+    decoded = decode_image(data)
   if decoded.shape != out.shape:
     raise ValueError(f"stored frame is {decoded.shape}, expected {out.shape}")
   if decoded.ctypes.data != out.ctypes.data:

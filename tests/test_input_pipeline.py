@@ -231,7 +231,16 @@ def test_threads_and_worker_processes_give_the_in_process_batches(av_shards):
   for workers, threads in ((0, 2), (2, 0)):
     config.data.num_workers, config.data.num_threads = workers, threads
     iterator = iter(ip.create_eval_dataset(config, "test", process_index=1, process_count=2))
-    _assert_same_batches(list(iterator), in_process)
+    batches = list(iterator)
+    if threads > 1:
+      # Log-mel computed beside another thread differs by up to 1 float32 ulp
+      # (measured 4.8e-7 on values near -4; 1 thread: identical); all else exact.
+      for got, want in zip(batches, in_process, strict=True):
+        np.testing.assert_allclose(got.pop("audio"), want["audio"], rtol=2e-7, atol=5e-7)
+      in_process_rest = [{k: v for k, v in b.items() if k != "audio"} for b in in_process]
+      _assert_same_batches(batches, in_process_rest)
+    else:
+      _assert_same_batches(batches, in_process)
     if workers:
       iterator.close()
 
