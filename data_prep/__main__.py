@@ -52,7 +52,7 @@ def _add_synth(sub) -> None:
       "synth", help="write a small synthetic raw release",
       description="Writes a synthetic release in the DHF1K or STAViS layout. DHF1K: a "
       "moving and a still disc, gaze on the moving one. AV: a red and a blue disc; a tone "
-      "(440 Hz red, 1320 Hz blue) says which one is looked at, so only audio decides.")
+      "(440 Hz red, 3520 Hz blue) says which one is looked at, so only audio decides.")
   p.add_argument("--layout", required=True, choices=("dhf1k", "av"))
   p.add_argument("--dst", required=True, help="folder to write the release into")
   p.add_argument("--frames", type=int, default=40, help="frames per video")

@@ -102,13 +102,23 @@ def _write_fold_lists(root, dataset, names, spec) -> None:
     (lists / files["test"]).write_text("".join(line(n) for n in names if n in test))
 
 
+def av_video_name(video: int) -> str:
+  return f"clip_{video:02d}"
+
+
+def av_scene(spec, seed: int, dataset_index: int, video: int) -> synth_scene.Scene:
+  """The scene `write_av(..., seed)` writes for `datasets[dataset_index]`'s
+  video number `video` (tests regenerate it to know where both discs are)."""
+  rng = np.random.default_rng([seed, dataset_index, video])
+  return synth_scene.audio_visual_scene(rng, spec)
+
+
 def write_av(root, spec, datasets=layouts.AV_DATASETS, videos_per_dataset=3, seed=0) -> None:
   root = pathlib.Path(root)
   for d, dataset in enumerate(datasets):
-    names = [f"clip_{i:02d}" for i in range(videos_per_dataset)]
+    names = [av_video_name(i) for i in range(videos_per_dataset)]
     for i, name in enumerate(names):
-      rng = np.random.default_rng([seed, d, i])
-      _write_av_video(root, dataset, name, synth_scene.audio_visual_scene(rng, spec), spec)
+      _write_av_video(root, dataset, name, av_scene(spec, seed, d, i), spec)
     _write_fold_lists(root, dataset, names, spec)
 
 

@@ -25,10 +25,15 @@ from data_prep import synth
 from data_prep import synth_scene
 
 
-def _write_release(raw_dir: str, s: ml_collections.ConfigDict) -> None:
+def scene_spec(s: ml_collections.ConfigDict) -> synth_scene.SceneSpec:
+  """The scenes of `config.synthetic_data` (`s`)."""
   height, width = s.raw_size
-  spec = synth_scene.SceneSpec(num_frames=s.frames_per_video, height=height,
+  return synth_scene.SceneSpec(num_frames=s.frames_per_video, height=height,
                                width=width, fps=s.fps)
+
+
+def _write_release(raw_dir: str, s: ml_collections.ConfigDict) -> None:
+  spec = scene_spec(s)
   if s.layout == "dhf1k":
     numbers = synth.dhf1k_numbers(s.train_videos, s.val_videos, 1)
     synth.write_dhf1k(raw_dir, spec, numbers, seed=s.seed)

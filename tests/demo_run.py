@@ -1,8 +1,8 @@
-"""The README's demo run (configs/demo.py), trained once per test session.
+"""The README's demo runs, each trained once per test session.
 
-The learning tests and the end-to-end predict tests share it: the first
-xdist worker to ask trains it under a file lock in the session's shared temp
-folder, the others wait and reuse it.
+The learning tests and the end-to-end predict tests share them: the first
+xdist worker to ask trains a run under a file lock in the session's shared
+temp folder, the others wait and reuse it.
 """
 
 import fcntl
@@ -30,13 +30,12 @@ def demo_config() -> ml_collections.ConfigDict:
   return config
 
 
-def trained_demo(tmp_path_factory
-                 ) -> tuple[ml_collections.ConfigDict, pathlib.Path, dict]:
+def trained(tmp_path_factory, name: str, config: ml_collections.ConfigDict
+            ) -> tuple[ml_collections.ConfigDict, pathlib.Path, dict]:
   """(config reading the run's shards, workdir, final held-out metrics)."""
   root = shared_dir(tmp_path_factory)
-  workdir = root / "demo_run"
-  config = demo_config()
-  with open(root / "demo_run.lock", "w") as lock:
+  workdir = root / name
+  with open(root / f"{name}.lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     if not (workdir / train.FINAL_METRICS_FILE).is_file():
       train.train_and_evaluate(config, str(workdir))
@@ -46,3 +45,9 @@ def trained_demo(tmp_path_factory
   config.data.shards = str(workdir / "synthetic_data" / "shards")
   config.synthetic_data.enabled = False
   return config, workdir, results
+
+
+def trained_demo(tmp_path_factory
+                 ) -> tuple[ml_collections.ConfigDict, pathlib.Path, dict]:
+  """The visual demo (configs/demo.py) as the README runs it."""
+  return trained(tmp_path_factory, "demo_run", demo_config())

@@ -205,6 +205,8 @@ def test_synthetic_av_audio_decides_which_disc_is_looked_at():
     for f in range(5, 55, 7):
       if not (scene.speakers[f - 3:f + 4] == scene.speakers[f]).all():
         continue   # near a change the window mixes two tones
+      if np.linalg.norm(np.subtract(*scene.discs[f])) < min(spec.height, spec.width) / 3:
+        continue   # overlapping discs: the speaker may lie under the other
       peak = np.unravel_index(np.argmax(scene.maps[f]), scene.maps[f].shape)
       colour = min(synth_scene.COLOURS, key=lambda c: np.abs(
           scene.frames[f][peak].astype(int) - synth_scene.COLOURS[c]).sum())
