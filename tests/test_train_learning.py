@@ -94,6 +94,7 @@ def _audio_blind_cc(config, split: str) -> tuple[float, float]:
   shape = (spec.height, spec.width)
   assert tuple(config.model.image_size) == shape   # maps need no resizing
   manifest = input_pipeline.validate(config)
+  numbers = {synth.av_video_name(i): i for i in range(s.videos_per_dataset)}
   scenes, blind, own = {}, {}, {}
   for batch in input_pipeline.create_eval_dataset(config, split):
     for gt, video, frame, valid in zip(batch["map"], batch["video"],
@@ -105,7 +106,7 @@ def _audio_blind_cc(config, split: str) -> tuple[float, float]:
         entry = manifest.videos[video]
         scenes[video] = synth.av_scene(
             spec, s.seed, list(s.av_datasets).index(entry.dataset),
-            int(entry.name.removeprefix("clip_")))
+            numbers[entry.name])
       scene, k = scenes[video], int(frame) - 1
       speaker, fixations = scene.speakers[k], scene.fixations[k]
       shift = np.round(scene.discs[k, 1 - speaker] - scene.discs[k, speaker])
