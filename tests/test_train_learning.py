@@ -23,6 +23,11 @@ from diffsal_jax import train_logging
 from tests import demo_run
 
 
+def _mean_over_videos(per_video: dict[int, list[float]]) -> float:
+  """Scores averaged per video, then over videos, as the final metrics are."""
+  return float(np.mean([np.nanmean(v) for v in per_video.values()]))
+
+
 def _centre_bias_cc(config, split: str) -> float:
   """CC of a fixed centred Gaussian, averaged per video then over videos."""
   h, w = config.model.image_size
@@ -34,7 +39,7 @@ def _centre_bias_cc(config, split: str) -> float:
     for gt, video, valid in zip(batch["map"], batch["video"], batch["valid"]):
       if valid:
         per_video.setdefault(int(video), []).append(metrics.cc(centre, gt))
-  return float(np.mean([np.nanmean(v) for v in per_video.values()]))
+  return _mean_over_videos(per_video)
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +120,7 @@ def _audio_blind_cc(config, split: str) -> tuple[float, float]:
                                       shape, sigma=min(shape) / 16)
       blind.setdefault(video, []).append(metrics.cc(both, gt))
       own.setdefault(video, []).append(metrics.cc(scene.maps[k], gt))
-  mean = lambda d: float(np.mean([np.nanmean(v) for v in d.values()]))
-  return mean(blind), mean(own)
+  return _mean_over_videos(blind), _mean_over_videos(own)
 
 
 def _av_config(variant: str):
