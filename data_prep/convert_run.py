@@ -106,8 +106,11 @@ def _print_summary(manifest, counts, elapsed: float, dst: pathlib.Path) -> None:
         f"left out {counts['failed']}; {sum(v.num_frames for v in manifest.videos)} frames, "
         f"{size / 2**20:.1f} MiB of shards, {elapsed:.1f} s")
   issues = [Issue(**i) for i in manifest.issues]
-  for kind, n in sorted(collections.Counter(i.kind for i in issues).items()):
-    print(f"  {n:5d} x {kind}: {FIXES[kind]}")
+  # Problems (videos left out) first, then notes (corrected or flagged).
+  issues.sort(key=lambda i: not i.fatal)
+  for (is_note, kind), n in sorted(collections.Counter((not i.fatal, i.kind)
+                                                       for i in issues).items()):
+    print(f"  {n:5d} x {kind} ({'note' if is_note else 'problem'}): {FIXES[kind]}")
   for issue in issues[:50]:
     print(f"  {issue}")
   if len(issues) > 50:
@@ -115,7 +118,8 @@ def _print_summary(manifest, counts, elapsed: float, dst: pathlib.Path) -> None:
 
 
 def run(args) -> int:
-  """Converts; returns the exit status (1 when something was bad, unless --skip_bad)."""
+  """Converts; returns the exit status: 1 when some input was bad (a video or
+  fold-list line left out) unless --skip_bad; notes alone give 0."""
   start = time.time()
   options = convert.Options(args.height, args.width, args.image_format)
   release = layouts.discover(args.dataset, args.src, dhf1k_fps=args.dhf1k_fps)
@@ -134,10 +138,13 @@ def run(args) -> int:
   manifest = _build_manifest(release, results, options)
   manifest_lib.save_manifest(dst, manifest)
   manifest_lib.write_json_atomic(dst / REPORT_NAME, {
-      "counts": counts, "issues": manifest.issues, "seconds": time.time() - start})
+      "counts": counts, "problems": sum(i["fatal"] for i in manifest.issues),
+      "notes": sum(not i["fatal"] for i in manifest.issues), "issues": manifest.issues,
+      "seconds": time.time() - start})
   _print_summary(manifest, counts, time.time() - start, dst)
-  if manifest.issues and not args.skip_bad:
-    print(f"exit 1: {len(manifest.issues)} problems (see above and {dst / REPORT_NAME}); "
+  problems = [i for i in manifest.issues if i["fatal"]]
+  if problems and not args.skip_bad:
+    print(f"exit 1: {len(problems)} problems (see above and {dst / REPORT_NAME}); "
           "pass --skip_bad to accept the output without the bad videos")
     return 1
   return 0

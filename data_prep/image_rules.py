@@ -11,6 +11,11 @@ Published rules (junwenxiong/diff_sal, Pillow 9.4 / torchvision 0.15):
 - Maps become targets by ToTensor, i.e. divided by 255 (not by their max).
 - Fixations: any nonzero pixel is fixated, as in the MIT benchmark code
   (`fixationMap > 0`) and our evaluator's raw readers.
+- Images of any bit depth or mode: 16/32-bit integer grey is rescaled to
+  8 bits (65535 -> 255; PIL's own `convert` would clip everything above 255
+  to 255) before the rules above; palette, LA, RGBA and 1-bit images go
+  through PIL's `convert` as the published loaders do. Float ('F') images
+  have no defined range and are refused.
 """
 
 from __future__ import annotations
@@ -33,10 +38,49 @@ def open_image(data: bytes) -> Image.Image:
   return img
 
 
+_WIDE_GREY = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_8bit(img: Image.Image) -> Image.Image:
+  """`img`, or for 16/32-bit integer grey the 'L' image round(v * 255 / 65535).
+
+  Raises ValueError for float images and integer values outside 0..65535.
+  """
+  if img.mode == "F":
+    raise ValueError(f"{img.mode} (float) image: no defined value range")
+  if img.mode not in _WIDE_GREY:
+    return img
+  values = np.asarray(img).astype(np.float64)
+  if values.size and (values.min() < 0 or values.max() > 65535):
+    raise ValueError(f"{img.mode} image with values {values.min():g}..{values.max():g} "
+                     "outside 0..65535")
+  return Image.fromarray(np.round(values * (255 / 65535)).astype(np.uint8), "L")
+
+
+def grey_unit(img: Image.Image) -> np.ndarray:
+  """float64 (H, W) in [0, 1]; colour images give channel 0.
+
+  Channel 0 (not a luma mix) is what the MATLAB evaluation reads
+  (`I(:, :, 1)` after `im2double`). 8-bit values are divided by 255, 16-bit
+  (and 'I') by 65535, 1-bit is 0/1; palette images are read through their
+  palette (an index is not a grey level).
+  """
+  if img.mode in ("P", "PA"):
+    img = img.convert("RGBA" if img.mode == "PA" else "RGB")
+  pixels = np.asarray(img)
+  if pixels.ndim == 3:
+    pixels = pixels[..., 0]
+  if pixels.dtype == np.uint8:
+    return pixels / 255.0
+  if np.issubdtype(pixels.dtype, np.integer):
+    return pixels / 65535.0
+  return pixels.astype(np.float64)   # bool (1-bit) or float
+
+
 def frame_to_model_size(img: Image.Image, family: str, size_hw) -> np.ndarray:
   """RGB uint8 (H, W, 3) exactly as the published loader of `family` sees it."""
   height, width = size_hw
-  img = img.convert("RGB")
+  img = to_8bit(img).convert("RGB")
   if family == "av":
     # Explicit BICUBIC = the default the published code relied on.
     img = img.resize(AV_INTERMEDIATE_WH, Image.BICUBIC)
@@ -46,7 +90,7 @@ def frame_to_model_size(img: Image.Image, family: str, size_hw) -> np.ndarray:
 def map_to_model_size(img: Image.Image, size_hw) -> np.ndarray:
   """Grey uint8 (H, W) map; the target is this divided by 255."""
   height, width = size_hw
-  return np.asarray(img.convert("L").resize((width, height), Image.BILINEAR))
+  return np.asarray(to_8bit(img).convert("L").resize((width, height), Image.BILINEAR))
 
 
 def fixation_points(binary: np.ndarray) -> np.ndarray:
@@ -55,8 +99,9 @@ def fixation_points(binary: np.ndarray) -> np.ndarray:
 
 
 def fixations_from_image(img: Image.Image) -> np.ndarray:
-  """DHF1K fixation PNG -> points (any nonzero pixel)."""
-  return fixation_points(np.asarray(img.convert("L")) > 0)
+  """DHF1K fixation PNG -> points (any nonzero pixel, as the evaluator reads
+  it: `grey_unit(img) > 0`)."""
+  return fixation_points(grey_unit(img) > 0)
 
 
 def render_fixations(points: np.ndarray, orig_hw, size_hw) -> np.ndarray:

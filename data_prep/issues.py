@@ -1,9 +1,10 @@
 """Problems found in a raw release, reported with the file they concern.
 
 A problem is either fatal for its video (the video is left out of the output,
-every other video still converts) or only flags one frame (an all-zero map:
-the frame is stored but never used as a target). Both kinds make `convert`
-exit non-zero unless `--skip_bad` is given.
+every other video still converts, and `convert` exits 1 unless `--skip_bad`)
+or a note (`fatal=False`): something the converter corrected or flagged the
+way the published loaders do (an all-zero map, frame counts a frame or two
+apart, files numbered from 0). Notes are reported but never fail a run.
 """
 
 from __future__ import annotations
@@ -14,11 +15,21 @@ import dataclasses
 FIXES = {
     "corrupt_image": "re-extract or re-download the file",
     "missing_frame": "re-extract the frames of this video",
-    "count_mismatch": "frames, maps and fixation files must come one per frame",
+    "count_mismatch": "frames, maps, fixation files and the fold list must agree to "
+                      "within 2 frames; restore the missing files",
+    "frame_count_adjusted": "none needed: only the frames that all files have are used",
+    "renumbered": "none needed: files numbered from 0 are read as frames 1..N",
+    "ambiguous_name": "keep one file per frame number (e.g. 1.png or 0001.png, not both)",
+    "bad_text": "save the list as UTF-8 (or UTF-16 with BOM)",
+    "bad_image_mode": "save the image as 8- or 16-bit grey/RGB (PNG or JPEG)",
     "missing_file": "restore the file from the release",
     "bad_audio": "re-extract the wav (mono PCM) of this video",
-    "bad_fixations": "restore the fixation file from the release",
-    "empty_map": "frame kept, never used as a target (the published loader skips it too)",
+    "bad_fixations": "restore the fixation file from the release (MATLAB v4-v7.3 .mat "
+                     "with variable eyeMap, or a PNG)",
+    "missing_annotations": "put the video's maps (and fixations) where the layout expects "
+                           "them, or remove the video",
+    "empty_map": "none needed: frame kept, never used as a target (the published loader skips it "
+                 "too)",
     "bad_fold_line": "lines must read `name nframes fps`",
     "fold_list_conflict": "one video must have the same nframes/fps in every list",
     "bad_video": "re-download the video file",

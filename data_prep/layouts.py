@@ -2,7 +2,7 @@
 
 DHF1K, as released:      video/001.AVI ... + annotation/0001/{maps,fixation}/0001.png
 DHF1K, frames extracted: frames/<n>/<k>.png + maps/<n>/%04d.png (the DiffSal
-  README layout); fixations are read from fixation/<n>/%04d.png when present
+  README layout; folder and file numbers with any zero padding, from 0 or 1); fixations are read from fixation/<n>/%04d.png when present
   (this project's extension) or else from annotation/%04d/fixation/.
 AV (STAViS packaging):   video_frames/<DS>/<vid>/img_%05d.jpg,
   video_audio/<DS>/<vid>/<vid>.wav, annotations/<DS>/<vid>/maps/eyeMap_%05d.jpg,
@@ -16,9 +16,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import pathlib
-import re
 
 from data_prep.issues import Issue
+from data_prep.release_files import ReleaseError, read_text_lines
 
 # Folder names of cfgs/dataset.json in the published code.
 AV_DATASETS = ("DIEM", "Coutrot_db1", "Coutrot_db2", "AVAD", "ETMD_av", "SumMe")
@@ -69,49 +69,87 @@ def dhf1k_split(number: int) -> str:
   return next(name for name, lo, hi in DHF1K_SPLITS if lo <= number <= hi)
 
 
-def _numbered_subdirs(root: pathlib.Path) -> dict[int, pathlib.Path]:
-  return {int(p.name): p for p in root.iterdir() if p.is_dir() and p.name.isdigit()}
+def numbered_subdirs(root: pathlib.Path) -> dict[int, pathlib.Path]:
+  """Folders of `root` named by a number, by its value: `1`, `001` and `0001`
+  are video 1 (as the published `util/dhf1k_frames.py` matches them, with
+  `int(name)`). Two folders of one number raise ReleaseError naming both."""
+  found: dict[int, pathlib.Path] = {}
+  if not root.is_dir():
+    return found
+  for path in sorted(root.iterdir()):
+    if path.is_dir() and path.name.isdigit():
+      other = found.setdefault(int(path.name), path)
+      if other != path:
+        raise ReleaseError("ambiguous_name", path, f"{other.name} and {path.name} are "
+                           f"both video {int(path.name)}")
+  return found
 
 
-def _dhf1k_source(raw: pathlib.Path, number: int, fps: float, **files) -> VideoSource:
-  """Fills the annotation paths (maps may be absent: test videos)."""
-  annotation = raw / "annotation" / f"{number:04d}"
-  maps_dir = files.pop("maps_dir", None) or annotation / "maps"
-  fix_dir = raw / "fixation" / str(number)
-  if not fix_dir.is_dir():
-    fix_dir = annotation / "fixation"
+def _dhf1k_source(raw: pathlib.Path, number: int, fps: float, folders, **files) -> VideoSource:
+  """Fills the annotation paths: `folders` maps 'annotation', 'maps' and
+  'fixation' to their numbered subfolders. Maps and fixations: maps/<n>
+  (extracted layout) else annotation/<n>/maps; fixation/<n> else
+  annotation/<n>/fixation (absent for test videos)."""
+  annotation = folders["annotation"].get(number)
+  maps_dir = folders["maps"].get(number) or (annotation and annotation / "maps")
+  fix_dir = folders["fixation"].get(number) or (annotation and annotation / "fixation")
   return VideoSource(
       key=f"DHF1K/{number}", dataset="DHF1K", name=str(number), family="dhf1k",
-      fps=fps, maps_dir=maps_dir if maps_dir.is_dir() else None, map_pattern="{:04d}.png",
-      fix_dir=fix_dir if fix_dir.is_dir() else None, fix_pattern="{:04d}.png", **files)
+      fps=fps, maps_dir=maps_dir if maps_dir and maps_dir.is_dir() else None,
+      map_pattern="{:04d}.png", fix_dir=fix_dir if fix_dir and fix_dir.is_dir() else None,
+      fix_pattern="{:04d}.png", **files)
 
 
 def discover_dhf1k(raw: pathlib.Path, fps: float = DHF1K_FPS) -> Release:
-  """Videos of video/*.AVI if present, else of frames/<n>/."""
+  """Videos of video/*.AVI if present, else of frames/<n>/.
+
+  Folder and file numbers may have any zero padding. A train or val video
+  (1-700) without maps is left out with a `missing_annotations` problem
+  (DHF1K releases maps for all of them), never converted without.
+  """
   videos = []
+  folders = {name: numbered_subdirs(raw / name) for name in ("annotation", "maps", "fixation")}
   if (raw / "video").is_dir():
     for path in sorted((raw / "video").iterdir()):
       if path.suffix.lower() == ".avi" and path.stem.isdigit():
-        videos.append(_dhf1k_source(raw, int(path.stem), fps, avi_path=path))
+        videos.append(_dhf1k_source(raw, int(path.stem), fps, folders, avi_path=path))
   elif (raw / "frames").is_dir():
-    for number, frames_dir in _numbered_subdirs(raw / "frames").items():
-      videos.append(_dhf1k_source(raw, number, fps, frames_dir=frames_dir,
-                                  frame_pattern="{:d}.png",
-                                  maps_dir=raw / "maps" / str(number)))
+    for number, frames_dir in numbered_subdirs(raw / "frames").items():
+      videos.append(_dhf1k_source(raw, number, fps, folders, frames_dir=frames_dir,
+                                  frame_pattern="{:d}.png"))
   else:
     raise FileNotFoundError(f"{raw}: neither video/ (DHF1K as released) nor frames/ "
                             "(extracted frames) found; --src must be the DHF1K root")
   videos.sort(key=lambda v: int(v.name))
-  splits = {name: [] for name, _, _ in DHF1K_SPLITS}
+  release = Release("dhf1k", [], splits={name: [] for name, _, _ in DHF1K_SPLITS})
   for video in videos:
-    splits[dhf1k_split(int(video.name))].append(video.key)
-  return Release("dhf1k", videos, splits=splits)
+    split = dhf1k_split(int(video.name))
+    if split != "test" and video.maps_dir is None:
+      expected = (raw / "maps" / video.name if video.frames_dir
+                  else raw / "annotation" / f"{int(video.name):04d}" / "maps")
+      release.issues.append(Issue("missing_annotations", str(expected),
+                                  f"{split} video {video.name} has no maps folder",
+                                  video=video.key))
+      continue
+    release.videos.append(video)
+    release.splits[split].append(video.key)
+  return release
 
 
 def parse_fold_list(path: pathlib.Path, issues: list[Issue]) -> list[tuple[str, int, float]]:
-  """(name, nframes, fps) per line; malformed lines become issues."""
+  """(name, nframes, fps) per line; malformed lines become issues.
+
+  Text as editors save it (BOM, UTF-16, CRLF/CR, trailing blanks: see
+  `release_files.read_text_lines`); the published `read_sal_text` also takes
+  the first three whitespace-separated words.
+  """
   entries = []
-  for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+  try:
+    lines = read_text_lines(path)
+  except ReleaseError as e:
+    issues.append(Issue(e.kind, e.path, e.detail))
+    return entries
+  for lineno, line in enumerate(lines, start=1):
     words = line.split()
     if not words:
       continue
@@ -194,12 +232,3 @@ def discover(family: str, raw: pathlib.Path, dhf1k_fps: float = DHF1K_FPS) -> Re
   if family == "av":
     return discover_av(raw)
   raise ValueError(f"--dataset must be 'dhf1k' or 'av', got {family!r}")
-
-
-def numbered_files(directory: pathlib.Path, pattern: str) -> set[int]:
-  """Numbers k for which `pattern.format(k)` names a file in `directory`."""
-  regex = re.compile(re.escape(pattern.split("{")[0]) + r"(\d+)" +
-                     re.escape(pattern.split("}")[-1]) + "$")
-  if not directory.is_dir():
-    return set()
-  return {int(m.group(1)) for p in directory.iterdir() if (m := regex.match(p.name))}

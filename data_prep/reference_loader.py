@@ -14,11 +14,11 @@ import io
 
 import av
 import numpy as np
-import scipy.io
 from PIL import Image
 
 from data_prep import image_rules
 from data_prep import layouts
+from data_prep import release_files
 from diffsal_jax.input_pipeline import AV_MEAN, AV_STD, IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -79,7 +79,7 @@ class ReferenceLoader:
   def fixation_points(self, key: str, k: int) -> np.ndarray:
     path = self._videos[key].fix_path(k)
     if path.suffix == ".mat":
-      return image_rules.fixation_points(scipy.io.loadmat(path)["eyeMap"] > 0)
+      return image_rules.fixation_points(release_files.read_mat_variable(path, "eyeMap") > 0)
     with Image.open(path) as img:
       return image_rules.fixations_from_image(img)
 

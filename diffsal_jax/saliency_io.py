@@ -24,15 +24,18 @@ import functools
 import io
 import os
 import pathlib
+import logging
 import re
 import tempfile
 from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
-import scipy.io
 
+from data_prep import image_rules
+from data_prep import layouts
 from data_prep import manifest as shard_manifest
+from data_prep import release_files
 
 # CLI name -> folder name in the STAViS package (annotations/<folder>/...).
 AV_FOLDERS = {
@@ -47,21 +50,16 @@ DATASETS = ("dhf1k",) + tuple(AV_FOLDERS)
 _FRAME_FILE = re.compile(r"(?:pred_sal_)?(\d+)\.(?:png|jpe?g)", re.IGNORECASE)
 
 
-def read_grey(path: str | pathlib.Path) -> np.ndarray:
-  """Reads an image as float64 in [0, 1]; colour images give channel 0.
+def read_grey(path) -> np.ndarray:
+  """Reads an image (path or file object) as float64 (H, W) in [0, 1].
 
-  Channel 0 (not a luma mix) is what the MATLAB evaluation reads
-  (`I(:, :, 1)` after `im2double`).
+  Colour images give channel 0, as the MATLAB evaluation reads them
+  (`I(:, :, 1)` after `im2double`); 16-bit images are divided by 65535,
+  palette images read through their palette (`image_rules.grey_unit`, the
+  rule the converter applies too).
   """
   with Image.open(path) as image:
-    pixels = np.asarray(image)
-  if pixels.ndim == 3:
-    pixels = pixels[..., 0]
-  if pixels.dtype == np.uint8:
-    return pixels / 255.0
-  if np.issubdtype(pixels.dtype, np.integer):  # 16-bit PNG (uint16 or "I").
-    return pixels / 65535.0
-  return pixels.astype(np.float64)  # Bool (1-bit) or float images.
+    return image_rules.grey_unit(image)
 
 
 class GroundTruthSource(abc.ABC):
@@ -92,61 +90,111 @@ def _require_dir(path: pathlib.Path, what: str) -> pathlib.Path:
   return path
 
 
-def _numbered_files(folder: pathlib.Path, pattern: str) -> list[int]:
-  regex = re.compile(pattern)
-  matches = (regex.fullmatch(p.name) for p in folder.iterdir())
-  return sorted(int(m.group(1)) for m in matches if m)
+def _frames_kept(where: str, counts: dict[str, int]) -> int:
+  """Frames 1..N of a video by the converter's rule (`release_files`); a
+  difference within the sync slack is corrected and logged."""
+  kept, note = release_files.reconcile_frame_counts(counts, where)
+  if note:
+    logging.getLogger(__name__).warning("%s: %s", where, note)
+  return kept
+
+
+class _NumberedFiles:
+  """Per-folder cache of `release_files.index_numbered` (sources are pickled
+  to workers; the cache is rebuilt there)."""
+
+  def __init__(self):
+    self._cache: dict[tuple[pathlib.Path, str], release_files.Numbered] = {}
+
+  def __call__(self, folder: pathlib.Path, pattern: str) -> release_files.Numbered:
+    if (folder, pattern) not in self._cache:
+      self._cache[folder, pattern] = release_files.index_numbered(folder, pattern)
+    return self._cache[folder, pattern]
+
+  def __getstate__(self) -> dict:
+    return {"_cache": {}}
 
 
 class Dhf1kRawSource(GroundTruthSource):
-  """DHF1K release: annotation/NNNN/{maps,fixation}/NNNN.png."""
+  """DHF1K release: annotation/NNNN/{maps,fixation}/NNNN.png.
+
+  Folder and file numbers may have any zero padding (videos are named
+  `NNNN` whatever their folder's padding). Frames are those that the maps,
+  the fixation files and, when present, video/NNN.AVI (decoded with PyAV) or
+  frames/<n>/ all have, by the converter's rule (`release_files`).
+  """
 
   dataset = "dhf1k"
 
   def __init__(self, root: str | pathlib.Path):
+    self.root = pathlib.Path(root)
     self.annotation = _require_dir(
-        pathlib.Path(root) / "annotation",
+        self.root / "annotation",
         "--data must be the DHF1K root that holds annotation/NNNN/maps")
+    self._folders = {f"{n:04d}": path for n, path in
+                     layouts.numbered_subdirs(self.annotation).items()}
+    self._files = _NumberedFiles()
+    self._frame_ids: dict[str, list[int]] = {}
 
   def videos(self, fold: int | None) -> list[str]:
     if fold is not None:
       raise ValueError("DHF1K has no folds; drop --fold")
-    return sorted(p.name for p in self.annotation.iterdir()
-                  if p.is_dir() and p.name.isdigit())
+    return sorted(self._folders)
+
+  def _folder(self, video: str) -> pathlib.Path:
+    folder = self._folders.get(f"{int(video):04d}" if video.isdigit() else video)
+    if folder is None:
+      raise FileNotFoundError(f"{self.annotation}: no folder of DHF1K video {video}")
+    return folder
+
+  def _video_frame_count(self, number: int) -> dict[str, int]:
+    """Frames of the video itself, when the release holds it."""
+    avis = [p for p in (self.root / "video").glob("*")
+            if p.stem.isdigit() and int(p.stem) == number and p.suffix.lower() == ".avi"]
+    if avis:
+      return {"decoded AVI frames": release_files.decoded_frame_count(avis[0])}
+    frames = layouts.numbered_subdirs(self.root / "frames").get(number)
+    return {"frames": self._files(frames, "{:d}.png").count} if frames else {}
 
   def frame_ids(self, video: str) -> list[int]:
-    maps = _require_dir(self.annotation / video / "maps",
-                        f"DHF1K video {video} has no maps folder")
-    return _numbered_files(maps, r"(\d+)\.png")
+    if video not in self._frame_ids:
+      folder = self._folder(video)
+      maps = _require_dir(folder / "maps", f"DHF1K video {video} has no maps folder")
+      counts = {"maps": self._files(maps, "{:04d}.png").count}
+      if (folder / "fixation").is_dir():
+        counts["fixation files"] = self._files(folder / "fixation", "{:04d}.png").count
+      counts.update(self._video_frame_count(int(folder.name)))
+      self._frame_ids[video] = list(range(1, _frames_kept(str(folder), counts) + 1))
+    return self._frame_ids[video]
 
   def read_map(self, video: str, frame_id: int) -> np.ndarray:
-    return read_grey(self.annotation / video / "maps" / f"{frame_id:04d}.png")
+    return read_grey(self._files(self._folder(video) / "maps", "{:04d}.png").path(frame_id))
 
   def read_fixations(self, video: str, frame_id: int) -> np.ndarray:
-    path = self.annotation / video / "fixation" / f"{frame_id:04d}.png"
-    return read_grey(path) > 0
+    folder = self._folder(video) / "fixation"
+    return read_grey(self._files(folder, "{:04d}.png").path(frame_id)) > 0
 
 
 def read_fold_list(path: pathlib.Path) -> dict[str, int]:
-  """Parses a STAViS fold list (`name nframes fps` lines) -> {name: nframes}."""
-  videos = {}
-  for number, line in enumerate(path.read_text().splitlines(), 1):
-    fields = line.split()
-    if not fields:
-      continue
-    if len(fields) < 2 or not fields[1].isdigit():
-      raise ValueError(f"{path}:{number}: expected 'name nframes fps', "
-                       f"got {line!r}")
-    videos[fields[0]] = int(fields[1])
-  return videos
+  """Parses a STAViS fold list (`name nframes fps` lines, as the converter
+  reads them: `layouts.parse_fold_list`) -> {name: nframes}."""
+  issues = []
+  entries = layouts.parse_fold_list(path, issues)
+  if issues:
+    raise ValueError(f"{issues[0].path}: {issues[0].detail} (expected "
+                     f"'name nframes fps' lines)")
+  return {name: nframes for name, nframes, _ in entries}
 
 
 class StavisRawSource(GroundTruthSource):
   """Audio-visual sets as packaged by STAViS.
 
   annotations/<DS>/<vid>/maps/eyeMap_%05d.jpg, annotations/<DS>/<vid>/
-  fixMap_%05d.mat (variable `eyeMap`), fold_lists/<DS>_list_test_<k>_fps.txt
-  (DIEM: one DIEM_list_test_fps.txt for every fold).
+  fixMap_%05d.mat (variable `eyeMap`, any MATLAB version), fold_lists/
+  <DS>_list_test_<k>_fps.txt (DIEM: one DIEM_list_test_fps.txt for every
+  fold). Frames are those that the fold list, the maps, the fixation files
+  and video_frames/<DS>/<vid>/ (when present) all have, by the converter's
+  rule (`release_files`).
   """
 
   def __init__(self, root: str | pathlib.Path, dataset: str):
@@ -160,10 +208,11 @@ class StavisRawSource(GroundTruthSource):
         self.root / "annotations" / self.folder,
         f"--data must be the STAViS data root holding annotations/"
         f"{self.folder}")
+    self._files = _NumberedFiles()
+    self._frame_ids: dict[str, list[int]] = {}
 
   def _fold_list_path(self, fold: int, split: str = "test") -> pathlib.Path:
-    name = (f"{self.folder}_list_{split}_fps.txt" if self.dataset == "diem"
-            else f"{self.folder}_list_{split}_{fold}_fps.txt")
+    name = layouts.fold_list_names(self.folder, fold)[split]
     path = self.root / "fold_lists" / name
     if not path.is_file():
       raise FileNotFoundError(f"{path} not found: fold lists must be in "
@@ -185,28 +234,28 @@ class StavisRawSource(GroundTruthSource):
     return counts
 
   def frame_ids(self, video: str) -> list[int]:
-    maps = _require_dir(self.annotation / video / "maps",
-                        f"{self.folder} video {video} has no maps folder")
-    frames = _numbered_files(maps, r"eyeMap_(\d+)\.jpg")
-    # Like the STAViS scripts, only frames 1..nframes of the fold list count.
-    limit = self._listed_frames.get(video)
-    return [f for f in frames if limit is None or f <= limit]
+    if video not in self._frame_ids:
+      maps = _require_dir(self.annotation / video / "maps",
+                          f"{self.folder} video {video} has no maps folder")
+      counts = {"maps": self._files(maps, "eyeMap_{:05d}.jpg").count,
+                "fixation files": self._files(self.annotation / video,
+                                              "fixMap_{:05d}.mat").count}
+      frames = self.root / "video_frames" / self.folder / video
+      if frames.is_dir():
+        counts["frames"] = self._files(frames, "img_{:05d}.jpg").count
+      if video in self._listed_frames:
+        counts["in the fold list"] = self._listed_frames[video]
+      kept = _frames_kept(str(self.annotation / video), counts)
+      self._frame_ids[video] = list(range(1, kept + 1))
+    return self._frame_ids[video]
 
   def read_map(self, video: str, frame_id: int) -> np.ndarray:
-    path = self.annotation / video / "maps" / f"eyeMap_{frame_id:05d}.jpg"
-    return read_grey(path)
+    maps = self.annotation / video / "maps"
+    return read_grey(self._files(maps, "eyeMap_{:05d}.jpg").path(frame_id))
 
   def read_fixations(self, video: str, frame_id: int) -> np.ndarray:
-    path = self.annotation / video / f"fixMap_{frame_id:05d}.mat"
-    try:
-      content = scipy.io.loadmat(path, variable_names=["eyeMap"])
-    except (NotImplementedError, ValueError) as error:
-      raise ValueError(f"{path}: cannot read with scipy.io.loadmat "
-                       f"({error}); re-save it as a MATLAB v5 file") from error
-    if "eyeMap" not in content:
-      raise KeyError(f"{path} has no variable 'eyeMap' (STAViS fixation maps "
-                     f"store the binary map under that name)")
-    return np.asarray(content["eyeMap"]) > 0
+    path = self._files(self.annotation / video, "fixMap_{:05d}.mat").path(frame_id)
+    return release_files.read_mat_variable(path, "eyeMap") > 0
 
 
 def open_raw_source(data_root: str | pathlib.Path,

@@ -113,7 +113,8 @@ def _damage(raw: pathlib.Path) -> list[tuple[str, str]]:
   fold_list = raw / "fold_lists/DIEM_list_train_fps.txt"
   fold_list.write_text(fold_list.read_text() + "clip_99 twelve\n")
   return [("corrupt_image", str(corrupt)), ("missing_frame", str(missing)),
-          ("count_mismatch", str(notes / "AVAD/clip_02/maps")), ("bad_audio", str(absent_wav)),
+          ("missing_file", str(notes / "AVAD/clip_02/maps/eyeMap_00007.jpg")),
+          ("bad_audio", str(absent_wav)),
           ("bad_audio", str(empty_wav)), ("empty_map", str(zero_map)),
           ("bad_fold_line", f"{fold_list}:3")]
 
