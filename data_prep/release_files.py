@@ -66,6 +66,8 @@ def read_text_lines(path: pathlib.Path, data: bytes | None = None) -> list[str]:
     text = data.decode(encoding)
   except UnicodeDecodeError as e:
     raise ReleaseError("bad_text", path, f"not UTF-8 or UTF-16 with BOM ({e})") from None
+  if "\0" in text:   # valid UTF-8, but no list has NULs: UTF-16 saved without BOM
+    raise ReleaseError("bad_text", path, "holds NUL characters (UTF-16 without BOM?)")
   return [line.rstrip() for line in text.lstrip("\ufeff").splitlines()]
 
 
