@@ -17,6 +17,7 @@ from data_prep import layouts
 from data_prep import manifest as manifest_lib
 from data_prep import release_files
 from data_prep import shards
+from diffsal_jax import evaluate
 from diffsal_jax import saliency_io
 from tests import synthetic_data as sd
 from tests.test_evaluate_shards import _scores, _write_predictions
@@ -221,7 +222,7 @@ def test_stavis_release_as_shipped_scores_the_same_raw_and_converted(tmp_path):
   assert from_raw["overall"]["n_frames"] == 6 + 5 + 6
 
 
-def test_fold_list_far_off_is_refused_by_name(tmp_path):
+def test_fold_list_far_off_is_refused_by_name(tmp_path, capsys):
   raw = sd.make_av(tmp_path / "raw", ("AVAD",), videos=3, num_frames=NUM_FRAMES)
   _edit_fold_lists(raw, {"clip_01": NUM_FRAMES + 3})
   status, text = sd.convert_quietly("av", raw, tmp_path / "out")
@@ -231,6 +232,11 @@ def test_fold_list_far_off_is_refused_by_name(tmp_path):
          f"9 in the fold list: more than 2 frames apart" in text
   with pytest.raises(ValueError, match="more than 2 frames apart"):
     saliency_io.StavisRawSource(raw, "avad").frame_ids("clip_01")
+  saliency_io.save_prediction(tmp_path / "pred", "avad", "clip_01", 1, np.ones((4, 4)))
+  code = evaluate.main(["--pred", str(tmp_path / "pred"), "--data", str(raw), "--dataset",
+                        "avad", "--workers", "1", "--no-progress"])
+  assert code == 2   # named, not a traceback
+  assert f"{raw / 'annotations/AVAD/clip_01'}: " in capsys.readouterr().err
 
 
 def test_dhf1k_avi_and_maps_a_frame_apart(tmp_path):
