@@ -136,7 +136,10 @@ def reconcile_frame_counts(counts: dict[str, int], where) -> tuple[int, str]:
   """
   kept, most = min(counts.values()), max(counts.values())
   listing = ", ".join(f"{n} {label}" for label, n in counts.items())
-  if kept == 0 or most - kept > SYNC_SLACK_FRAMES:
+  if kept == 0:
+    empty = [label for label, n in counts.items() if n == 0]
+    raise ReleaseError("count_mismatch", where, f"{listing}: no {', no '.join(empty)}")
+  if most - kept > SYNC_SLACK_FRAMES:
     raise ReleaseError("count_mismatch", where, f"{listing}: more than "
                        f"{SYNC_SLACK_FRAMES} frames apart")
   if kept == most:

@@ -180,9 +180,8 @@ def read_fold_list(path: pathlib.Path) -> dict[str, int]:
   reads them: `layouts.parse_fold_list`) -> {name: nframes}."""
   issues = []
   entries = layouts.parse_fold_list(path, issues)
-  if issues:
-    raise ValueError(f"{issues[0].path}: {issues[0].detail} (expected "
-                     f"'name nframes fps' lines)")
+  if issues:   # ReleaseError: evaluate names it instead of a traceback
+    raise release_files.ReleaseError(issues[0].kind, issues[0].path, issues[0].detail)
   return {name: nframes for name, nframes, _ in entries}
 
 

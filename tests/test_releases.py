@@ -101,7 +101,7 @@ def test_undecodable_fold_list_is_named(tmp_path):
   issues = []
   assert layouts.parse_fold_list(path, issues) == []
   assert [(i.kind, i.path) for i in issues] == [("bad_text", str(path))]
-  with pytest.raises(ValueError, match=str(path)):
+  with pytest.raises(release_files.ReleaseError, match=str(path)):
     saliency_io.read_fold_list(path)
 
 
@@ -160,6 +160,8 @@ def test_frame_count_rule():
   with pytest.raises(release_files.ReleaseError, match="more than 2 frames apart") as error:
     release_files.reconcile_frame_counts({"in the fold list": 24, "maps": 27}, "/r/maps")
   assert error.value.kind == "count_mismatch" and error.value.path == "/r/maps"
+  with pytest.raises(release_files.ReleaseError, match="24 frames, 0 maps: no maps"):
+    release_files.reconcile_frame_counts({"frames": 24, "maps": 0}, "/r/maps")
 
 
 def _edit_fold_lists(raw: pathlib.Path, changes: dict[str, int]) -> None:
@@ -294,7 +296,8 @@ def test_dhf1k_zero_padded_and_zero_based_names(tmp_path):
   assert f"missing_annotations: {raw / 'maps' / '3'}: train video 3 has no maps folder" in text
   _grey_png(raw / "frames/1/1.png", 10)   # 1.png next to 0001.png
   status, text = sd.convert_quietly("dhf1k", raw, tmp_path / "out3")
-  assert "ambiguous_name" in text and str(raw / "frames/1") in text
+  assert status == 1
+  assert f"ambiguous_name: {raw / 'frames/1'}/" in text and "both name frame 1" in text
 
 
 def test_dhf1k_raw_reader_finds_unpadded_annotation_folders(tmp_path):
