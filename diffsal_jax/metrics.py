@@ -12,7 +12,8 @@ Conventions of the MATLAB code:
     MATLAB `imresize` (`diffsal_jax.imresize`).
   * CC and NSS z-score with the sample standard deviation (ddof = 1, MATLAB
     `std`). SIM min-max then sum normalises each map that is not all zero.
-    KLD sum normalises each map that is not all zero and uses MATLAB's
+    KLD clips bicubic overshoot below 0 (as imresize does on 8-bit maps),
+    sum normalises each map that is not all zero and uses MATLAB's
     eps = 2^-52.
   * AUC-Judd adds uniform jitter of 1e-7 and sweeps thresholds at the
     fixated saliency values. AUC-Borji and shuffled AUC sweep, per split,
@@ -130,20 +131,20 @@ def kld(pred: np.ndarray, gt_map: np.ndarray) -> float:
 
   sum g log(eps + g / (p + eps)) with p, g sum-normalised unless all zero
   (an all-zero ground truth gives 0). Negative values left by bicubic
-  resizing stay in the sum, as in MATLAB; where they make the logarithm's
-  argument negative, MATLAB's result is complex and we return its real part
-  (log of the absolute value), what STAViS' `real()` reports.
+  resizing are set to 0 first: the benchmark's predictions are 8-bit images,
+  and MATLAB's imresize saturates uint8 output at 0 (on doubles KLdiv.m
+  would take the logarithm of negative numbers and return a complex value).
   """
   gt_map = np.asarray(gt_map, dtype=np.float64)
   pred = _prediction(pred, gt_map.shape)
   if _has_nan(pred, gt_map):
     return float("nan")
+  pred = np.maximum(pred, 0.0)
   if pred.any():
     pred = pred / pred.sum()
   if gt_map.any():
     gt_map = gt_map / gt_map.sum()
-  ratio = EPS + gt_map / (pred + EPS)
-  return float((gt_map * np.log(np.abs(ratio))).sum())
+  return float((gt_map * np.log(EPS + gt_map / (pred + EPS))).sum())
 
 
 def nss(pred: np.ndarray, fixations: np.ndarray) -> float:
@@ -383,10 +384,10 @@ def sim_jax(pred: jax.Array, gt_map: jax.Array) -> jax.Array:
 def kld_jax(pred: jax.Array, gt_map: jax.Array) -> jax.Array:
   """JAX `kld` (an all-zero ground truth gives 0)."""
   gt_map = jnp.asarray(gt_map, jnp.float32)
-  pred = _prediction_jax(pred, gt_map.shape)
+  pred = jnp.maximum(_prediction_jax(pred, gt_map.shape), 0.0)
   pred = pred / jnp.where(jnp.any(pred != 0), pred.sum(), 1.0)
   gt_map = gt_map / jnp.where(jnp.any(gt_map != 0), gt_map.sum(), 1.0)
-  return (gt_map * jnp.log(jnp.abs(EPS + gt_map / (pred + EPS)))).sum()
+  return (gt_map * jnp.log(EPS + gt_map / (pred + EPS))).sum()
 
 
 def nss_jax(pred: jax.Array, fixations: jax.Array) -> jax.Array:

@@ -314,16 +314,17 @@ def test_resize_by_hand_mirrors_the_border():
   assert row[0, 0] == -0.09375 and row[0, 3] == 1.09375
 
 
-def test_kld_keeps_bicubic_overshoot_in_the_sum():
-  # KLdiv.m normalises the resized map including its negative overshoot
-  # (no clipping): p = r / sum(r) for the resized r.
+def test_kld_clips_bicubic_overshoot_like_8bit_imresize():
+  # imresize saturates uint8 output at 0, so the overshoot is clipped before
+  # the sum normalisation; eps is MATLAB's 2^-52.
   small = np.zeros((4, 4))
   small[1, 1] = 1.0
   gt = np.ones((8, 8))
   resized = metrics.resize_map(small, (8, 8))
   assert resized.min() < 0
-  p, g = resized / resized.sum(), gt / gt.sum()
-  expected = (g * np.log(np.abs(metrics.EPS + g / (p + metrics.EPS)))).sum()
+  p = np.maximum(resized, 0) / np.maximum(resized, 0).sum()
+  g = gt / gt.sum()
+  expected = (g * np.log(2.0**-52 + g / (p + 2.0**-52))).sum()
   assert metrics.kld(small, gt) == expected
   assert metrics.EPS == 2.0**-52
 
