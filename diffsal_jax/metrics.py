@@ -25,17 +25,17 @@ Conventions of the MATLAB code:
 Values on degenerate inputs (what the MATLAB functions return; NaN means the
 frame is skipped in the averages, as the STAViS scripts do):
 
-  | input                    | CC  | SIM | KLD            | NSS | AUC-J | AUC-B | sAUC |
-  |--------------------------|-----|-----|----------------|-----|-------|-------|------|
-  | all-zero prediction      | NaN | 0   | sum g log(g/eps)| NaN | 0.5   | NaN   | NaN  |
-  | constant (non-zero) pred | NaN | NaN | KL to uniform  | NaN | 0.5   | NaN   | NaN  |
-  | all-zero saliency map    | NaN | 0   | 0              |  -  |  -    |  -    |  -   |
-  | constant non-zero map    | NaN | NaN | finite         |  -  |  -    |  -    |  -   |
-  | no fixated pixel         |  -  |  -  |  -             | NaN | NaN   | NaN   | NaN  |
-  | one fixated pixel        |  -  |  -  |  -             | ok  | ok    | NaN   | ok   |
-  | every pixel fixated      |  -  |  -  |  -             | NaN | NaN   | ok    | ok   |
-  | empty other map          |  -  |  -  |  -             |  -  |  -    |  -    | NaN  |
-  | prediction with NaN      | NaN | NaN | NaN            | NaN | NaN   | NaN   | NaN  |
+  | input               | CC  | SIM | KLD         | NSS | AUC-J | AUC-B | sAUC
+  |---------------------|-----|-----|-------------|-----|-------|-------|-----
+  | all-zero prediction | NaN | 0   | sum g log(g/eps) | NaN | 0.5 | NaN | NaN
+  | constant prediction | NaN | NaN | KL to unif. | NaN | 0.5   | NaN   | NaN
+  | all-zero map        | NaN | 0   | 0           |  -  |  -    |  -    |  -
+  | constant map        | NaN | NaN | finite      |  -  |  -    |  -    |  -
+  | no fixated pixel    |  -  |  -  |  -          | NaN | NaN   | NaN   | NaN
+  | one fixated pixel   |  -  |  -  |  -          | ok  | ok    | NaN   | ok
+  | all pixels fixated  |  -  |  -  |  -          | ~0  | NaN   | ok    | ok
+  | empty other map     |  -  |  -  |  -          |  -  |  -    |  -    | NaN
+  | NaN in prediction   | NaN | NaN | NaN         | NaN | NaN   | NaN   | NaN
 
 AUC-J of a constant map: MATLAB's jitter makes it the AUC of uniform noise,
 a random value around 0.5; we return its expected value, exactly 0.5.
