@@ -13,7 +13,8 @@ Prediction layouts (frame = 1-based ground-truth frame number):
              <video>/pred_sal_%06d.jpg (diff_sal's split<k>_results/ folders).
 Every prediction frame with ground truth is scored; scores are averaged per
 video (skipping NaN frames), then over videos; with folds, the overall row
-pools the videos of all folds (as the STAViS scripts do).
+pools the videos of all folds (as the STAViS scripts do). Annotated frames
+without a prediction are counted per video and fold and reported.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import os
 import pathlib
 import re
 import sys
+import zlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -50,6 +52,10 @@ class EvalOptions:
     the same video minus the frame's own fixated pixels (createShuffmap1).
   postprocess: "stavis" applies the STAViS evaluation post-processing to the
     prediction (scale by max, Gaussian blur sigma 2) before resizing.
+  edge_cases: "mit" scores degenerate frames as the MIT MATLAB code does
+    (SIM 0 for an all-zero prediction or map, KLD 0 for an all-zero map; see
+    `metrics`); "nan" makes those SIM and KLD values NaN as well (skipped
+    in the means, the behaviour before the MIT conventions).
   """
   n_splits: int = 100
   step: float = 0.1
@@ -57,6 +63,7 @@ class EvalOptions:
   n_other_frames: int = 10
   postprocess: str = "none"
   seed: int = 0
+  edge_cases: str = "mit"
 
   @classmethod
   def for_dataset(cls, dataset: str, **overrides) -> EvalOptions:
@@ -69,12 +76,20 @@ class EvalOptions:
 
 
 def stavis_postprocess(pred: np.ndarray) -> np.ndarray:
-  """STAViS eval post-processing (postprocessMap.m with sigma 2)."""
-  pred = np.clip(np.asarray(pred, np.float64), 0.0, 1.0)
-  if pred.max() > 0:
-    pred = pred / pred.max()
+  """STAViS eval post-processing (postprocessMap.m with sigma 2).
+
+  pred: `(H, W)` in [0, 1] (im2double of the saved map). Scales by 255,
+  clips to [0, 255], divides by the max, min-max normalises
+  (normalizeImage1.m: a constant map becomes 0.5) and blurs. An all-zero map
+  becomes NaN everywhere (MATLAB's 0 / 0), so every metric of that frame is
+  NaN and the frame is skipped, as in the STAViS scripts.
+  """
+  pred = np.clip(255.0 * np.asarray(pred, np.float64), 0.0, 255.0)
+  if not pred.any():
+    return np.full(pred.shape, np.nan)
+  pred = pred / pred.max() * 255.0
   span = pred.max() - pred.min()
-  pred = (pred - pred.min()) / span if span > 0 else np.full_like(pred, 0.5)
+  pred = (pred - pred.min()) / span if span > 0 else pred - pred.max() + 0.5
   # 13x13 sampled Gaussian, mirrored borders = fspecial + imfilter symmetric.
   return scipy.ndimage.gaussian_filter(pred, 2.0, mode="reflect", truncate=3.0)
 
@@ -122,7 +137,7 @@ def score_frame(pred: np.ndarray, gt_map: np.ndarray, fixations: np.ndarray,
   if options.postprocess == "stavis":
     pred = stavis_postprocess(pred)
   pred = metrics.resize_map(pred, gt_map.shape)  # Once, for every metric.
-  return np.array([
+  scores = np.array([
       metrics.cc(pred, gt_map),
       metrics.sim(pred, gt_map),
       metrics.kld(pred, gt_map),
@@ -132,16 +147,34 @@ def score_frame(pred: np.ndarray, gt_map: np.ndarray, fixations: np.ndarray,
       metrics.auc_shuffled(pred, fixations, other_map, options.n_splits,
                            options.step, rng),
   ])
+  if options.edge_cases == "nan":
+    flat = lambda x: bool(x.max() == x.min())  # noqa: E731
+    if flat(pred) or flat(gt_map):
+      scores[METRIC_INDEX["sim"]] = np.nan
+    if not gt_map.any():
+      scores[METRIC_INDEX["kld"]] = np.nan
+  elif options.edge_cases != "mit":
+    raise ValueError(f"edge_cases must be 'mit' or 'nan', got "
+                     f"{options.edge_cases!r}")
+  return scores
+
+
+METRIC_INDEX = {name: i for i, name in enumerate(metrics.METRIC_NAMES)}
+
+
+def video_seed(video: str) -> int:
+  """A stable number for `video` (CRC-32 of its name) to seed its draws."""
+  return zlib.crc32(video.encode("utf-8"))
 
 
 @dataclasses.dataclass(frozen=True)
 class _VideoJob:
   fold: int | None
   video: str
-  video_number: int  # Seeds the per-frame random streams.
   frame_ids: tuple[int, ...]  # Frames to score.
   fixations: dict[int, FrameFixations]  # Every annotated frame.
   pool_start: int  # Index of the video's first frame in the fold's pool.
+  missing_frames: tuple[int, ...] = ()  # Annotated, without prediction.
 
 
 _WORKER: dict = {}
@@ -167,8 +200,9 @@ def _score_video(job: _VideoJob) -> tuple[_VideoJob, np.ndarray]:
   union = None
   scores = np.full((len(job.frame_ids), len(metrics.METRIC_NAMES)), np.nan)
   for row, frame in enumerate(job.frame_ids):
+    # Seeded from names, not run order: a video scores the same in any run.
     rng = np.random.default_rng(
-        [options.seed, job.fold or 0, job.video_number, frame])
+        [options.seed, job.fold or 0, video_seed(job.video), frame])
     gt_map = source.read_map(job.video, frame)
     fixations = _fixation_map(job.fixations[frame], gt_map.shape)
     if options.sauc_other == "stavis":
@@ -218,37 +252,50 @@ def evaluate(source: saliency_io.GroundTruthSource,
              progress: bool = True) -> dict:
   """Scores every predicted frame of every (fold, predictions) pair.
 
-  Fold None means every annotated video that has predictions. Returns the
-  report dict of `evaluation_report` (NaN where a mean is undefined).
+  Fold None means every annotated video that has predictions. A video's
+  scores depend only on its own frames and on the fold's annotated videos
+  (the sAUC pool), never on which videos are predicted or picked with
+  `videos`. Returns the report dict of `evaluation_report` (NaN where a mean
+  is undefined), with annotated frames that have no prediction counted.
   """
   by_fold = dict(predictions)
+  annotated_videos = {fold: source.videos(fold) for fold, _ in predictions}
   selected, missing = {}, {}
   for fold, fold_predictions in predictions:
-    names = [v for v in source.videos(fold) if not videos or v in videos]
+    names = [v for v in annotated_videos[fold] if not videos or v in videos]
     selected[fold] = [v for v in names if fold_predictions.frame_ids(v)]
     missing[fold] = [v for v in names if v not in selected[fold]]
-  unique = sorted({v for names in selected.values() for v in names})
-  fixations = dict(_run(_read_fixations, [(source, v) for v in unique],
-                        workers, "reading fixations", progress, len(unique),
+  # The DHF1K-style sAUC pool holds every annotated video of the fold, so it
+  # does not change with the predicted subset.
+  pooled = options.sauc_other == "dhf1k"
+  needed = sorted({v for fold in selected for v in (
+      annotated_videos[fold] if pooled else selected[fold])})
+  fixations = dict(_run(_read_fixations, [(source, v) for v in needed],
+                        workers, "reading fixations", progress, len(needed),
                         lambda _: 1))
-  number = {video: index for index, video in enumerate(unique)}
   jobs, pools, unmatched = [], {}, 0
   for fold, names in selected.items():
-    pool = []
+    pool, pool_start = [], {}
+    for video in annotated_videos[fold] if pooled else ():
+      pool_start[video] = len(pool)
+      pool.extend(fixations[video][f] for f in sorted(fixations[video]))
+    pools[fold] = pool
     for video in names:
       annotated = fixations[video]
-      predicted = by_fold[fold].frame_ids(video)
-      frames = tuple(f for f in predicted if f in annotated)
+      predicted = set(by_fold[fold].frame_ids(video))
+      frames = tuple(f for f in sorted(annotated) if f in predicted)
       unmatched += len(predicted) - len(frames)
-      jobs.append(_VideoJob(fold, video, number[video], frames, annotated,
-                            len(pool)))
-      pool.extend(annotated[f] for f in sorted(annotated))
-    pools[fold] = pool if options.sauc_other == "dhf1k" else []
+      jobs.append(_VideoJob(
+          fold, video, frames, annotated, pool_start.get(video, 0),
+          tuple(f for f in sorted(annotated) if f not in predicted)))
   results = _run(_score_video, jobs, workers, "scoring", progress,
                  sum(len(job.frame_ids) for job in jobs),
                  lambda output: len(output[0].frame_ids),
                  init_args=(source, by_fold, options, pools))
-  report = evaluation_report.summarise(results, missing)
+  missing_frames = {fold: {v: len(fixations[v]) if v in fixations else
+                           len(source.frame_ids(v)) for v in names}
+                    for fold, names in missing.items()}
+  report = evaluation_report.summarise(results, missing_frames)
   report.update(dataset=source.dataset, options=dataclasses.asdict(options),
                 unmatched_prediction_frames=unmatched)
   return report
@@ -316,6 +363,10 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--n-splits", type=int, help="AUC-B/sAUC draws (100)")
   parser.add_argument("--step", type=float, help="AUC-B/sAUC step (0.1)")
   parser.add_argument("--seed", type=int, help="random seed (0)")
+  parser.add_argument("--edge-cases", choices=("mit", "nan"), help=(
+      "degenerate frames: mit (default) scores them as the MIT benchmark "
+      "code does (SIM 0 for an all-zero prediction or map, KLD 0 for an "
+      "all-zero map); nan makes those SIM/KLD values NaN and skips them"))
   parser.add_argument("--no-progress", action="store_true")
   return parser
 
@@ -330,7 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   options = EvalOptions.for_dataset(
       args.dataset, sauc_other=args.sauc_other, postprocess=args.postprocess,
-      n_splits=args.n_splits, step=args.step, seed=args.seed)
+      n_splits=args.n_splits, step=args.step, seed=args.seed,
+      edge_cases=args.edge_cases)
   predictions = [(fold, saliency_io.PredictionDir(root, args.dataset))
                  for fold, root in folds]
   try:

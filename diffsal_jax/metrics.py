@@ -1,28 +1,45 @@
 """Saliency metrics with the MIT saliency benchmark definitions.
 
-NumPy reference versions (used by `diffsal_jax.evaluate`) and jittable,
-vmappable JAX versions (`*_jax`, used for validation during training). All
-functions take one `(H, W)` prediction and one `(H, W)` ground truth.
+NumPy versions (used by `diffsal_jax.evaluate`) follow the MATLAB code of the
+MIT benchmark, cvzoya/saliency `code_forMetrics/` (CC.m, similarity.m,
+KLdiv.m, NSS.m, AUC_Judd.m, AUC_Borji.m, AUC_shuffled.m), edge cases
+included; jittable, vmappable JAX versions (`*_jax`, float32) are used for
+validation during training. All take one `(H, W)` prediction and one `(H, W)`
+ground truth (saliency map, or binary fixation map where named so).
 
-Conventions, following the MATLAB code of the MIT benchmark:
+Conventions of the MATLAB code:
   * A prediction of another size is resized to the ground-truth size with
-    MATLAB `imresize` semantics: bicubic (Keys, a = -0.5), antialiased when
-    shrinking, mirrored borders. See `resize_map`.
+    MATLAB `imresize` (`diffsal_jax.imresize`).
   * CC and NSS z-score with the sample standard deviation (ddof = 1, MATLAB
-    `std`); SIM min-max then sum normalises; KLD sum normalises and uses
-    eps = 2.2204e-16 (negative values left by bicubic overshoot are clipped
-    to 0 so the logarithm stays real).
+    `std`). SIM min-max then sum normalises each map that is not all zero.
+    KLD clips bicubic overshoot below 0 (as imresize does on 8-bit maps),
+    sum normalises each map that is not all zero and uses MATLAB's
+    eps = 2^-52.
   * AUC-Judd adds uniform jitter of 1e-7 and sweeps thresholds at the
-    fixated saliency values. AUC-Borji and shuffled AUC sweep the fixed grid
-    0, step, 2 step, ... <= 1 over min-max normalised maps and average
-    `n_splits` draws of negatives (uniform pixels, or pixels of `other_map`).
-Undefined cases return NaN (the evaluation skips and counts them):
-  * empty fixation map -> NSS, AUC-Judd, AUC-Borji, sAUC are NaN;
-  * constant prediction -> CC, SIM, NSS, AUC-Borji, sAUC are NaN; AUC-Judd is
-    exactly 0.5 (the expected value of the MIT jittered result, which is
-    noise around 0.5); KLD is finite (a uniform distribution);
-  * constant ground-truth map -> CC and SIM NaN; all-zero map -> KLD NaN;
-  * empty `other_map` -> sAUC NaN.
+    fixated saliency values. AUC-Borji and shuffled AUC sweep, per split,
+    the thresholds `0:step:m` of MATLAB's colon operator (`matlab_colon`),
+    m the split's largest value, over the min-max normalised map, and
+    average `n_splits` draws of negatives (uniform pixels, or fixated pixels
+    of `other_map`).
+
+Values on degenerate inputs (what the MATLAB functions return; NaN means the
+frame is skipped in the averages, as the STAViS scripts do):
+
+  | input               | CC  | SIM | KLD         | NSS | AUC-J | AUC-B | sAUC
+  |---------------------|-----|-----|-------------|-----|-------|-------|-----
+  | all-zero prediction | NaN | 0   | sum g log(g/eps) | NaN | 0.5 | NaN | NaN
+  | constant prediction | NaN | NaN | KL to unif. | NaN | 0.5   | NaN   | NaN
+  | all-zero map        | NaN | 0   | 0           |  -  |  -    |  -    |  -
+  | constant map        | NaN | NaN | finite      |  -  |  -    |  -    |  -
+  | no fixated pixel    |  -  |  -  |  -          | NaN | NaN   | NaN   | NaN
+  | one fixated pixel   |  -  |  -  |  -          | ok  | ok    | NaN   | ok
+  | all pixels fixated  |  -  |  -  |  -          | ~0  | NaN   | ok    | ok
+  | empty other map     |  -  |  -  |  -          |  -  |  -    |  -    | NaN
+  | NaN in prediction   | NaN | NaN | NaN         | NaN | NaN   | NaN   | NaN
+
+AUC-J of a constant map: MATLAB's jitter makes it the AUC of uniform noise,
+a random value around 0.5; we return its expected value, exactly 0.5.
+AUC-B needs at least two fixated pixels (AUC_Borji.m returns NaN for one).
 """
 
 from __future__ import annotations
@@ -32,78 +49,20 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.sparse
 
-EPS = 2.2204e-16
+from diffsal_jax.imresize import resize_map, resize_matrix, resize_taps
+
+# MATLAB `eps` (2^-52), the constant KLdiv.m adds.
+EPS = float(np.finfo(np.float64).eps)
 JUDD_JITTER = 1e-7
 METRIC_NAMES = ("cc", "sim", "kld", "nss", "auc_judd", "auc_borji", "sauc")
 
 RngLike = np.random.Generator | int | None
 
-
-# --- Resizing (MATLAB imresize, bicubic) -----------------------------------
-
-
-def _cubic(x: np.ndarray) -> np.ndarray:
-  absx = np.abs(x)
-  absx2, absx3 = absx**2, absx**3
-  return ((1.5 * absx3 - 2.5 * absx2 + 1) * (absx <= 1) +
-          (-0.5 * absx3 + 2.5 * absx2 - 4 * absx + 2) *
-          ((absx > 1) & (absx <= 2)))
+__all__ = ["resize_map", "resize_matrix", "resize_taps"]  # Re-exported.
 
 
-@functools.lru_cache(maxsize=64)
-def resize_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
-  """Per-output-pixel weights and 0-based source indices along one axis.
-
-  MATLAB imresize `contributions` for the cubic kernel: output pixel i maps
-  to input coordinate i / scale + (1 - 1 / scale) / 2 (1-based), taps beyond
-  the border are mirrored.
-  """
-  scale = out_size / in_size
-  width = 4.0
-  kernel = _cubic
-  if scale < 1:  # Antialiasing: stretch the kernel when shrinking.
-    kernel = lambda x: scale * _cubic(scale * x)  # noqa: E731
-    width /= scale
-  centres = np.arange(1, out_size + 1) / scale + 0.5 * (1 - 1 / scale)
-  left = np.floor(centres - width / 2)
-  taps = int(np.ceil(width)) + 2
-  index = left[:, None] + np.arange(taps)[None, :]
-  weights = kernel(centres[:, None] - index)
-  weights /= weights.sum(axis=1, keepdims=True)
-  mirror = np.concatenate([np.arange(in_size), np.arange(in_size)[::-1]])
-  index = mirror[np.mod(index - 1, 2 * in_size).astype(np.int64)]
-  return weights, index
-
-
-@functools.lru_cache(maxsize=64)
-def _sparse_resize_matrix(in_size: int,
-                          out_size: int) -> scipy.sparse.csr_array:
-  weights, index = resize_taps(in_size, out_size)
-  rows = np.broadcast_to(np.arange(out_size)[:, None], index.shape)
-  # Duplicate (row, index) pairs from mirrored taps are summed on conversion.
-  return scipy.sparse.coo_array(
-      (weights.ravel(), (rows.ravel(), index.ravel())),
-      shape=(out_size, in_size)).tocsr()
-
-
-def resize_matrix(in_size: int, out_size: int) -> np.ndarray:
-  """Dense `(out, in)` matrix: resize_map(x) = R_rows @ x @ R_cols.T."""
-  return _sparse_resize_matrix(in_size, out_size).toarray()
-
-
-def resize_map(saliency: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-  """Resizes a 2-D map like MATLAB `imresize(map, shape)` on doubles."""
-  saliency = np.asarray(saliency, dtype=np.float64)
-  if saliency.shape == tuple(shape):
-    return saliency
-  rows = _sparse_resize_matrix(saliency.shape[0], shape[0]) @ saliency
-  cols = _sparse_resize_matrix(saliency.shape[1], shape[1])
-  return np.ascontiguousarray((cols @ rows.T).T)
-
-
-# --- NumPy reference metrics -----------------------------------------------
+# --- NumPy versions (the MIT benchmark definitions) --------------------------
 
 
 def _prediction(pred, shape) -> np.ndarray:
@@ -112,6 +71,10 @@ def _prediction(pred, shape) -> np.ndarray:
 
 def _is_constant(x: np.ndarray) -> bool:
   return bool(x.max() == x.min())
+
+
+def _has_nan(*maps: np.ndarray) -> bool:
+  return any(bool(np.isnan(m).any()) for m in maps)
 
 
 def _zscore(x: np.ndarray) -> np.ndarray:
@@ -128,43 +91,67 @@ def _rng(rng: RngLike) -> np.random.Generator:
 
 
 def cc(pred: np.ndarray, gt_map: np.ndarray) -> float:
-  """Pearson correlation of the z-scored maps."""
+  """Pearson correlation of the z-scored maps (CC.m); NaN if one is constant."""
   gt_map = np.asarray(gt_map, dtype=np.float64)
   pred = _prediction(pred, gt_map.shape)
-  if _is_constant(pred) or _is_constant(gt_map):
+  if _has_nan(pred, gt_map) or _is_constant(pred) or _is_constant(gt_map):
     return float("nan")
   a, b = _zscore(pred), _zscore(gt_map)
   return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
 
 
+def _sim_distribution(x: np.ndarray) -> np.ndarray | None:
+  """similarity.m: min-max then sum; an all-zero map stays all zero."""
+  if not x.any():
+    return x
+  if _is_constant(x):
+    return None  # MATLAB divides 0 by 0: every value NaN.
+  x = _minmax(x)
+  return x / x.sum()
+
+
 def sim(pred: np.ndarray, gt_map: np.ndarray) -> float:
-  """Histogram intersection of the min-max then sum normalised maps."""
+  """Histogram intersection (similarity.m), in [0, 1].
+
+  An all-zero map counts as an all-zero distribution (SIM 0); a constant
+  non-zero map is NaN.
+  """
   gt_map = np.asarray(gt_map, dtype=np.float64)
   pred = _prediction(pred, gt_map.shape)
-  if _is_constant(pred) or _is_constant(gt_map):
+  if _has_nan(pred, gt_map):
     return float("nan")
-  # Min-max then sum normalisation = shift to 0 then divide by the sum.
-  a, b = pred - pred.min(), gt_map - gt_map.min()
-  return float(np.minimum(a / a.sum(), b / b.sum()).sum())
+  a, b = _sim_distribution(pred), _sim_distribution(gt_map)
+  if a is None or b is None:
+    return float("nan")
+  return float(np.minimum(a, b).sum())
 
 
 def kld(pred: np.ndarray, gt_map: np.ndarray) -> float:
-  """KL divergence of the prediction from the ground-truth distribution."""
+  """KL divergence of the prediction from the ground truth (KLdiv.m).
+
+  sum g log(eps + g / (p + eps)) with p, g sum-normalised unless all zero
+  (an all-zero ground truth gives 0). Negative values left by bicubic
+  resizing are set to 0 first: the benchmark's predictions are 8-bit images,
+  and MATLAB's imresize saturates uint8 output at 0 (on doubles KLdiv.m
+  would take the logarithm of negative numbers and return a complex value).
+  """
   gt_map = np.asarray(gt_map, dtype=np.float64)
-  pred = np.maximum(_prediction(pred, gt_map.shape), 0.0)
-  if not gt_map.any():
+  pred = _prediction(pred, gt_map.shape)
+  if _has_nan(pred, gt_map):
     return float("nan")
+  pred = np.maximum(pred, 0.0)
   if pred.any():
     pred = pred / pred.sum()
-  gt_map = gt_map / gt_map.sum()
+  if gt_map.any():
+    gt_map = gt_map / gt_map.sum()
   return float((gt_map * np.log(EPS + gt_map / (pred + EPS))).sum())
 
 
 def nss(pred: np.ndarray, fixations: np.ndarray) -> float:
-  """Mean of the z-scored prediction at the fixated pixels."""
+  """Mean of the z-scored prediction at the fixated pixels (NSS.m)."""
   fixations = np.asarray(fixations) > 0
   pred = _prediction(pred, fixations.shape)
-  if not fixations.any() or _is_constant(pred):
+  if not fixations.any() or _has_nan(pred) or _is_constant(pred):
     return float("nan")
   return float(_zscore(pred)[fixations].mean())
 
@@ -178,11 +165,16 @@ def _trapezoid(x: np.ndarray, y: np.ndarray, axis: int = -1):
 
 def auc_judd(pred: np.ndarray, fixations: np.ndarray, jitter: bool = True,
              rng: RngLike = None) -> float:
-  """AUC with thresholds at the saliency values of the fixated pixels."""
+  """AUC with thresholds at the saliency values of the fixated pixels.
+
+  AUC_Judd.m: tp_i = i / n_fix and fp_i = (#{S >= t_i} - i) / (n_pixels -
+  n_fix) at the i-th largest fixated value t_i, between (0, 0) and (1, 1).
+  NaN without fixations or with every pixel fixated; 0.5 for a constant map.
+  """
   fixations = np.asarray(fixations) > 0
   pred = _prediction(pred, fixations.shape)
   n_fix, n_pixels = int(fixations.sum()), fixations.size
-  if n_fix == 0 or n_fix == n_pixels:
+  if n_fix == 0 or n_fix == n_pixels or _has_nan(pred):
     return float("nan")
   if _is_constant(pred):
     return 0.5
@@ -197,34 +189,93 @@ def auc_judd(pred: np.ndarray, fixations: np.ndarray, jitter: bool = True,
   return float(_trapezoid(fp, tp))
 
 
-def threshold_grid(step: float) -> np.ndarray:
-  """Descending thresholds k * step <= 1 used by AUC-Borji and sAUC.
+def _matlab_round(x: float) -> float:
+  return float(np.sign(x) * np.floor(abs(x) + 0.5))  # Halves away from 0.
 
-  Thresholds above a split's maximum add only (0, 0) points to its ROC curve,
-  so one grid up to 1 (the max of a min-max normalised map) gives the same
-  area as the per-split grids `0:step:max` of the MATLAB code.
+
+def matlab_colon(a: float, d: float, b: float) -> np.ndarray:
+  """MATLAB's `a:d:b` as float64, bit for bit.
+
+  Follows MathWorks' `colonop.m` (technical solution 1-4FLI96, "How does the
+  COLON operator work?"): n = round((b - a) / d), less one if a + n d
+  overshoots b by more than tol = 2 eps max(|a|, |b|); the end point
+  c = a + n d snaps to b when within tol; the first half is a + k d, the
+  second half c - k d, and the middle of an odd-length vector (a + c) / 2.
+  So `0:0.1:0.3` ends exactly at 0.3 and its 0.7 (in 0:0.1:1) is 1 - 0.3,
+  one ulp below 7 * 0.1 of `np.arange`.
   """
-  count = int(np.floor(1.0 / step + 1e-9)) + 1
-  return (np.arange(count) * step)[::-1]
+  a, d, b = float(a), float(d), float(b)
+  if not (np.isfinite(a) and np.isfinite(d) and np.isfinite(b)):
+    return np.array([np.nan])
+  if d == 0 or (a < b and d < 0) or (b < a and d > 0):
+    return np.zeros(0)
+  tol = 2.0 * EPS * max(abs(a), abs(b))
+  sig = float(np.sign(d))
+  if a == np.floor(a) and d == 1:
+    n = int(np.floor(b) - a)
+  elif a == np.floor(a) and d == np.floor(d):
+    q = np.floor(a / d)
+    n = int(np.floor((b - (a - q * d)) / d) - q)
+  else:
+    n = int(_matlab_round((b - a) / d))
+    if sig * (a + n * d - b) > tol:
+      n -= 1
+  c = a + n * d
+  if sig * (c - b) > -tol:
+    c = b
+  out = np.empty(n + 1)
+  k = np.arange(n // 2 + 1)
+  out[k] = a + k * d
+  out[n - k] = c - k * d
+  if n % 2 == 0:
+    out[n // 2] = (a + c) / 2
+  return out
+
+
+def threshold_grid(step: float, top: float = 1.0) -> np.ndarray:
+  """Descending thresholds `fliplr(0:step:top)` of AUC_Borji/AUC_shuffled."""
+  return matlab_colon(0.0, step, top)[::-1]
+
+
+def split_thresholds(tops: np.ndarray, step: float) -> np.ndarray:
+  """`(T, n_splits)` descending grids `0:step:top` of each split's `top`.
+
+  Shorter grids are padded at the start with +inf: a threshold above every
+  value adds only the ROC point (0, 0), which adds no area.
+  """
+  grids = {top: threshold_grid(step, top) for top in np.unique(tops)}
+  length = max(len(grid) for grid in grids.values())
+  out = np.full((length, len(tops)), np.inf)
+  for top, grid in grids.items():
+    out[length - len(grid):, tops == top] = grid[:, None]
+  return out
 
 
 def auc_from_negatives(pred: np.ndarray, fixations: np.ndarray,
                        negative_idx: np.ndarray, step: float = 0.1) -> float:
-  """AUC-Borji / sAUC given negatives: `(n_neg, n_splits)` flat pixel ids."""
+  """AUC-Borji / sAUC given negatives: `(n_neg, n_splits)` flat pixel ids.
+
+  Per split s (AUC_Borji.m, AUC_shuffled.m): thresholds `0:step:m_s`, m_s
+  the largest normalised value among the fixated pixels and the split's
+  negatives; tp, fp = fractions of fixated / negative pixels >= threshold;
+  trapezoid area from (0, 0) to (1, 1); the mean over splits. NaN without
+  fixations or negatives, or for a constant map.
+  """
   fixations = np.asarray(fixations) > 0
   pred = _prediction(pred, fixations.shape)
   negative_idx = np.asarray(negative_idx)
-  if not fixations.any() or _is_constant(pred) or negative_idx.shape[0] == 0:
+  if (not fixations.any() or negative_idx.shape[0] == 0 or _has_nan(pred)
+      or _is_constant(pred)):
     return float("nan")
   values = _minmax(pred).ravel()
-  grid = threshold_grid(step)
   positives = values[fixations.ravel()]
-  tp = (positives[None] >= grid[:, None]).mean(axis=1)  # (T,)
   negatives = values[negative_idx]  # (n_neg, n_splits)
-  fp = (negatives[None] >= grid[:, None, None]).mean(axis=1)  # (T, splits)
-  n_splits = fp.shape[1]
-  zeros, ones = np.zeros((1, n_splits)), np.ones((1, n_splits))
-  tp = np.concatenate([zeros, np.repeat(tp[:, None], n_splits, 1), ones])
+  grid = split_thresholds(np.maximum(positives.max(), negatives.max(axis=0)),
+                          step)  # (T, n_splits)
+  tp = (positives[None, :, None] >= grid[:, None]).mean(axis=1)
+  fp = (negatives[None] >= grid[:, None]).mean(axis=1)
+  zeros, ones = np.zeros((1, grid.shape[1])), np.ones((1, grid.shape[1]))
+  tp = np.concatenate([zeros, tp, ones])
   fp = np.concatenate([zeros, fp, ones])
   return float(_trapezoid(fp, tp, axis=0).mean())
 
@@ -249,10 +300,15 @@ def shuffled_negatives(other_map: np.ndarray, n_fix: int, n_splits: int,
 
 def auc_borji(pred: np.ndarray, fixations: np.ndarray, n_splits: int = 100,
               step: float = 0.1, rng: RngLike = None) -> float:
-  """AUC with uniformly sampled negatives, averaged over `n_splits` draws."""
+  """AUC with uniformly sampled negatives, averaged over `n_splits` draws.
+
+  NaN with fewer than two fixated pixels (AUC_Borji.m).
+  """
   fixations = np.asarray(fixations) > 0
-  negatives = borji_negatives(fixations.size, int(fixations.sum()),
-                              n_splits, rng)
+  n_fix = int(fixations.sum())
+  if n_fix <= 1:
+    return float("nan")
+  negatives = borji_negatives(fixations.size, n_fix, n_splits, rng)
   return auc_from_negatives(pred, fixations, negatives, step)
 
 
@@ -308,26 +364,30 @@ def cc_jax(pred: jax.Array, gt_map: jax.Array) -> jax.Array:
                    jnp.nan)
 
 
+def _sim_distribution_jax(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """`_sim_distribution`: (distribution, defined)."""
+  nonzero = jnp.any(x != 0)
+  y = _minmax_jax(x)
+  y = y / jnp.where(y.sum() > 0, y.sum(), 1.0)
+  return jnp.where(nonzero, y, 0.0), ~nonzero | (_range_jax(x) > 0)
+
+
 def sim_jax(pred: jax.Array, gt_map: jax.Array) -> jax.Array:
-  """JAX `sim`."""
+  """JAX `sim` (all-zero maps give 0, constant non-zero maps NaN)."""
   gt_map = jnp.asarray(gt_map, jnp.float32)
   pred = _prediction_jax(pred, gt_map.shape)
-  a, b = _minmax_jax(pred), _minmax_jax(gt_map)
-  a = a / jnp.maximum(a.sum(), EPS)
-  b = b / jnp.maximum(b.sum(), EPS)
-  defined = (_range_jax(pred) > 0) & (_range_jax(gt_map) > 0)
-  return jnp.where(defined, jnp.minimum(a, b).sum(), jnp.nan)
+  a, a_defined = _sim_distribution_jax(pred)
+  b, b_defined = _sim_distribution_jax(gt_map)
+  return jnp.where(a_defined & b_defined, jnp.minimum(a, b).sum(), jnp.nan)
 
 
 def kld_jax(pred: jax.Array, gt_map: jax.Array) -> jax.Array:
-  """JAX `kld`."""
+  """JAX `kld` (an all-zero ground truth gives 0)."""
   gt_map = jnp.asarray(gt_map, jnp.float32)
   pred = jnp.maximum(_prediction_jax(pred, gt_map.shape), 0.0)
-  pred = pred / jnp.where(pred.sum() > 0, pred.sum(), 1.0)
-  gt_sum = gt_map.sum()
-  gt_map = gt_map / jnp.where(gt_sum > 0, gt_sum, 1.0)
-  score = (gt_map * jnp.log(EPS + gt_map / (pred + EPS))).sum()
-  return jnp.where(gt_sum > 0, score, jnp.nan)
+  pred = pred / jnp.where(jnp.any(pred != 0), pred.sum(), 1.0)
+  gt_map = gt_map / jnp.where(jnp.any(gt_map != 0), gt_map.sum(), 1.0)
+  return (gt_map * jnp.log(EPS + gt_map / (pred + EPS))).sum()
 
 
 def nss_jax(pred: jax.Array, fixations: jax.Array) -> jax.Array:
@@ -373,7 +433,12 @@ def auc_from_negatives_jax(pred: jax.Array, fixations: jax.Array,
                            negative_idx: jax.Array,
                            negative_valid: jax.Array | None = None,
                            step: float = 0.1) -> jax.Array:
-  """JAX `auc_from_negatives`; `negative_valid` masks padded negatives."""
+  """JAX `auc_from_negatives`; `negative_valid` masks padded negatives.
+
+  One threshold grid `0:step:1` for every split instead of `0:step:m_s`: the
+  same area except where a value ties a threshold to the last bit, which
+  float32 maps cannot reproduce anyway (8-bit maps may differ by ~1e-3).
+  """
   fixations = (jnp.asarray(fixations) > 0)
   pred = _prediction_jax(pred, fixations.shape)
   values = _minmax_jax(pred).ravel()

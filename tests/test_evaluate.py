@@ -9,6 +9,7 @@ import pytest
 import scipy.io
 
 from diffsal_jax import evaluate
+from diffsal_jax import evaluation_report
 from diffsal_jax import metrics
 from diffsal_jax import saliency_io
 
@@ -161,6 +162,9 @@ def test_av_published_layout_folds_nan_frames_and_missing_videos(avad):
   assert sorted(folds) == ["1", "2", "3"]
   assert list(folds["3"]["videos"]) == ["v3"]
   assert folds["3"]["missing_videos"] == ["v4"]
+  # v4's two listed frames count as annotated frames without prediction.
+  assert folds["3"]["n_missing_frames"] == 2
+  assert report["overall"]["n_missing_frames"] == 2
   assert folds["2"]["videos"]["v2"]["n_frames"] == 3  # Frame 4 unlisted.
   assert report["unmatched_prediction_frames"] == 3  # Frame n+1 of v1-v3.
   # v2 frame 2 has no fixations: NaN for the fixation-based metrics only.
@@ -252,3 +256,137 @@ def test_cli_help_explains_layouts(capsys):
     evaluate.main(["--help"])
   assert exit_info.value.code == 0
   assert "pred_sal_%06d.jpg" in capsys.readouterr().out
+
+
+# --- In-memory sources: edge cases, missing frames, subset runs ------------
+
+
+class _MemorySource(saliency_io.GroundTruthSource):
+  dataset = "dhf1k"
+
+  def __init__(self, frames: dict[str, dict[int, tuple]]):
+    self.frames = frames  # video -> frame -> (map, fixations)
+
+  def videos(self, fold):
+    return sorted(self.frames)
+
+  def frame_ids(self, video):
+    return sorted(self.frames[video])
+
+  def read_map(self, video, frame_id):
+    return self.frames[video][frame_id][0]
+
+  def read_fixations(self, video, frame_id):
+    return self.frames[video][frame_id][1]
+
+
+class _MemoryPredictions(saliency_io.PredictionSource):
+  def __init__(self, maps: dict[tuple[str, int], np.ndarray]):
+    self.maps = maps
+
+  def frame_ids(self, video):
+    return sorted(f for v, f in self.maps if v == video)
+
+  def read(self, video, frame_id):
+    return self.maps[video, frame_id]
+
+
+@pytest.fixture(scope="module")
+def memory_set():
+  rng = np.random.default_rng(5)
+  frames, preds = {}, {}
+  for video in ("a", "b", "c", "d"):
+    frames[video] = {}
+    for frame in (1, 2, 3):
+      saliency, fixations = _blob_map(rng)
+      frames[video][frame] = (saliency, fixations)
+      preds[video, frame] = _noisy_prediction(rng, saliency)
+  return _MemorySource(frames), preds
+
+
+def _evaluate(source, preds, **options):
+  return evaluate.evaluate(
+      source, [(None, _MemoryPredictions(preds))],
+      evaluate.EvalOptions(n_splits=20, **options), progress=False)
+
+
+def test_subset_run_gives_the_full_runs_per_video_scores(memory_set):
+  source, preds = memory_set
+  full = _evaluate(source, preds)["folds"]["all"]["videos"]
+  assert sorted(full) == ["a", "b", "c", "d"]
+  picked = _evaluate(source, preds, n_other_frames=3)
+  assert picked["folds"]["all"]["videos"]["b"] != full["b"]  # Option used.
+  # --videos b, and a prediction folder holding only b and c.
+  only_b = evaluate.evaluate(
+      source, [(None, _MemoryPredictions(preds))],
+      evaluate.EvalOptions(n_splits=20), videos=["b"], progress=False)
+  assert only_b["folds"]["all"]["videos"]["b"] == full["b"]
+  b_and_c = {k: v for k, v in preds.items() if k[0] in ("b", "c")}
+  subset = _evaluate(source, b_and_c)["folds"]["all"]["videos"]
+  assert subset["b"] == full["b"] and subset["c"] == full["c"]
+  stavis = _evaluate(source, preds, sauc_other="stavis")
+  stavis_c = _evaluate(source, b_and_c, sauc_other="stavis")
+  assert stavis_c["folds"]["all"]["videos"]["c"] == (
+      stavis["folds"]["all"]["videos"]["c"])
+
+
+def test_annotated_frames_without_prediction_are_counted(memory_set,
+                                                         tmp_path, capsys):
+  source, preds = memory_set
+  # a: frame 2 missing; d: no prediction at all (3 annotated frames).
+  partial = {k: v for k, v in preds.items()
+             if k != ("a", 2) and k[0] != "d"}
+  report = _evaluate(source, partial)
+  fold = report["folds"]["all"]
+  assert fold["videos"]["a"]["n_frames"] == 2
+  assert fold["videos"]["a"]["n_missing_frames"] == 1
+  assert fold["videos"]["b"]["n_missing_frames"] == 0
+  assert fold["missing_videos"] == ["d"]
+  assert fold["n_missing_frames"] == 4  # 1 of a + 3 of d.
+  assert report["overall"]["n_missing_frames"] == 4
+  assert "| all | 3 | 8 | 4 |" in (
+      evaluation_report.markdown_table(report))
+  paths = evaluation_report.write_reports(report, tmp_path / "out")
+  rows = paths[1].read_text().splitlines()
+  assert rows[0].startswith("fold,video,n_frames,n_missing_frames,cc")
+  assert rows[1].startswith("all,a,2,1,")
+  assert "all,d,0,3,,,,,,," in rows
+  assert json.loads(paths[0].read_text())["overall"]["n_missing_frames"] == 4
+  evaluation_report.warn_about(report)
+  assert "4 annotated frames have no prediction" in capsys.readouterr().err
+
+
+def test_blank_prediction_frames_follow_the_edge_case_option(memory_set):
+  source, preds = memory_set
+  blank = dict(preds)
+  blank["a", 2] = np.zeros((H, W))
+  mit = _evaluate(source, blank)
+  skip = _evaluate(source, blank, edge_cases="nan")
+  # MIT: SIM of the blank frame is 0 and counts; CC, NSS, AUC-B, sAUC NaN.
+  assert mit["nan_frames"] == {"cc": 1, "sim": 0, "kld": 0, "nss": 1,
+                               "auc_judd": 0, "auc_borji": 1, "sauc": 1}
+  assert skip["nan_frames"]["sim"] == 1
+  video_mit = mit["folds"]["all"]["videos"]["a"]
+  video_skip = skip["folds"]["all"]["videos"]["a"]
+  assert video_skip["sim"] == pytest.approx(np.mean(
+      [metrics.sim(preds["a", f], source.read_map("a", f)) for f in (1, 3)]))
+  assert video_mit["sim"] == pytest.approx(video_skip["sim"] * 2 / 3)
+  # A blank map scores AUC-J 0.5 in both; the STAViS post-processing turns
+  # it into NaN (0 / 0): every metric skips that frame, as STAViS does.
+  stavis = _evaluate(source, blank, postprocess="stavis")
+  assert set(stavis["nan_frames"].values()) == {1}
+
+
+def test_stavis_postprocess_matches_postprocess_map():
+  pred = np.zeros((20, 20))
+  pred[5, 5], pred[12, 14] = 0.5, 0.25
+  out = evaluate.stavis_postprocess(pred)
+  # Scaled to max 1 (0.5 -> 1, 0.25 -> 0.5), min-max, 13x13 Gaussian sigma 2
+  # (mirrored borders): the other peak is 7 rows away, beyond the radius 6.
+  kernel = np.exp(-np.arange(-6, 7) ** 2 / 8.0)
+  kernel /= kernel.sum()
+  assert out[5, 5] == pytest.approx(kernel[6] ** 2, abs=1e-15)
+  assert out[12, 14] == pytest.approx(0.5 * kernel[6] ** 2, abs=1e-15)
+  assert np.isnan(evaluate.stavis_postprocess(np.zeros((4, 4)))).all()
+  np.testing.assert_allclose(
+      evaluate.stavis_postprocess(np.full((6, 6), 0.2)), 0.5, atol=1e-15)

@@ -83,6 +83,37 @@ def test_auc_from_negatives_by_hand():
           0.9375)
 
 
+def test_matlab_colon_reproduces_matlabs_documented_output():
+  # MATLAB R2012 (MathWorks Answers "How does the COLON operator work?"):
+  # (0:0.1:0.3) - (0:0.1:0.4)(1:4) = 1e-16 * [0 0 -0.2776 -0.5551].
+  x, y = metrics.matlab_colon(0, 0.1, 0.3), metrics.matlab_colon(0, 0.1, 0.4)
+  np.testing.assert_array_equal(
+      x - y[:4], [0.0, 0.0, -2.7755575615628914e-17, -5.551115123125783e-17])
+  assert x[-1] == 0.3  # The end point snaps to b.
+  grid = metrics.matlab_colon(0, 0.1, 1)
+  # Second half counted down from 1: 1 - 3 * 0.1, one ulp below 7 * 0.1.
+  assert grid[7] == 1 - 3 * 0.1 == 0.7 and grid[7] < 7 * 0.1
+  assert grid[3] == 3 * 0.1 > 0.3
+  assert grid[5] == 0.5 and len(grid) == 11
+  assert len(metrics.matlab_colon(0, 0.1, 0.97)) == 10  # 0 .. 0.9
+  np.testing.assert_array_equal(metrics.matlab_colon(0, 0.1, 0), [0.0])
+  np.testing.assert_array_equal(metrics.matlab_colon(0, 1, 2.5), [0, 1, 2])
+
+
+def test_auc_grid_per_split_counts_ties_at_the_split_maximum():
+  # Normalised values 0, .65, .7, 1; fixated .7, one negative of .65. The
+  # split's grid is 0:0.1:0.7, whose top is exactly 0.7: the positive is
+  # above it alone -> ROC (0, 0), (0, 1), (1, 1), area 1. A grid k * 0.1 up
+  # to 1 has 0.7000000000000001 and 0.6000000000000001 instead: area 0.5.
+  pred = np.array([[0.0, 13.0, 14.0, 20.0]])
+  fixations = np.array([[0, 0, 1, 0]])
+  assert metrics.auc_from_negatives(pred, fixations, np.array([[1]])) == 1.0
+  # Grids differ per split: a second split with the negative 1.0 (grid
+  # 0:0.1:1) has ROC (0, 0), (1, 0), (1, 1): area 0 -> mean 0.5.
+  assert metrics.auc_from_negatives(
+      pred, fixations, np.array([[1, 3]])) == 0.5
+
+
 def test_threshold_grid_includes_both_ends():
   grid = metrics.threshold_grid(0.1)
   assert len(grid) == 11 and grid[0] == pytest.approx(1.0) and grid[-1] == 0
@@ -98,17 +129,57 @@ def test_map_peaking_at_fixations_has_auc_near_1():
   assert metrics.auc_borji(blobs, fixations, rng=0) > 0.95
 
 
-def test_constant_prediction_rules():
-  rng = np.random.default_rng(3)
-  gt, fixations = _smooth_map(rng), _random_fixations(rng)
-  flat = np.full(gt.shape, 0.3)
-  assert metrics.auc_judd(flat, fixations) == 0.5
-  for value in (metrics.cc(flat, gt), metrics.sim(flat, gt),
-                metrics.nss(flat, fixations),
-                metrics.auc_borji(flat, fixations),
-                metrics.auc_shuffled(flat, fixations, ~fixations)):
-    assert math.isnan(value)
-  assert math.isfinite(metrics.kld(flat, gt))
+def test_constant_and_blank_predictions_score_as_the_mit_code():
+  # g = (1/4, 0, 0, 3/4). Blank prediction: KLdiv.m keeps it all zero, so
+  # KLD = 1/4 log(2^-52 + 2^50) + 3/4 log(3/4 2^52) = 51.5 log 2 + .75 log .75
+  # (eps = 2^-52 exactly; it vanishes next to 2^50); similarity.m gives 0.
+  gt = np.array([[1.0, 0.0], [0.0, 3.0]])
+  fixations = np.array([[1, 0], [0, 1]])
+  other = np.array([[0, 1], [1, 0]])
+  blank, flat = np.zeros((2, 2)), np.full((2, 2), 0.3)
+  assert metrics.sim(blank, gt) == 0.0
+  assert metrics.kld(blank, gt) == pytest.approx(
+      51.5 * math.log(2) + 0.75 * math.log(0.75), rel=1e-15)
+  # Constant 0.3: uniform p = 1/4 -> KLD = 3/4 log 3; SIM divides 0 by 0.
+  assert metrics.kld(flat, gt) == pytest.approx(0.75 * math.log(3), abs=1e-12)
+  assert math.isnan(metrics.sim(flat, gt))
+  for pred in (blank, flat):
+    assert metrics.auc_judd(pred, fixations) == 0.5
+    for value in (metrics.cc(pred, gt), metrics.nss(pred, fixations),
+                  metrics.auc_borji(pred, fixations),
+                  metrics.auc_shuffled(pred, fixations, other)):
+      assert math.isnan(value)
+
+
+def test_all_zero_and_constant_ground_truth_maps():
+  pred = _smooth_map(np.random.default_rng(3))
+  zero = np.zeros(pred.shape)
+  # similarity.m keeps the zero map: min(p, 0) sums to 0; KLdiv.m: 0 log = 0.
+  assert metrics.sim(pred, zero) == 0.0
+  assert metrics.kld(pred, zero) == 0.0
+  assert math.isnan(metrics.cc(pred, zero))
+  flat = np.full(pred.shape, 0.5)
+  assert math.isnan(metrics.cc(pred, flat))
+  assert math.isnan(metrics.sim(pred, flat))
+  assert math.isfinite(metrics.kld(pred, flat))
+
+
+def test_single_fixated_pixel():
+  # Normalised map [0, 1/3; 2/3, 1], the pixel of 2/3 fixated.
+  pred = np.array([[0.1, 0.2], [0.3, 0.4]])
+  fixations = np.array([[0, 0], [1, 0]])
+  # ROC (0, 0), (1/3, 1), (1, 1): area 1/6 + 2/3 = 5/6.
+  assert metrics.auc_judd(pred, fixations, jitter=False) == pytest.approx(
+      5 / 6, abs=1e-15)
+  # z = (0.3 - 0.25) / sqrt(0.05 / 3) = sqrt(0.15) (sample std).
+  assert metrics.nss(pred, fixations) == pytest.approx(math.sqrt(0.15),
+                                                       abs=1e-15)
+  # AUC_Borji.m returns NaN for fewer than two fixated pixels ...
+  assert math.isnan(metrics.auc_borji(pred, fixations, rng=0))
+  # ... AUC_shuffled.m does not: the negative (value 0) is below the
+  # positive (2/3) at every threshold of 0:0.1:2/3 but 0 -> area 1.
+  other = np.array([[1, 0], [0, 0]])
+  assert metrics.auc_shuffled(pred, fixations, other, rng=0) == 1.0
 
 
 def test_empty_fixations_give_nan():
@@ -120,7 +191,19 @@ def test_empty_fixations_give_nan():
                 metrics.auc_shuffled(pred, empty, other)):
     assert math.isnan(value)
   assert math.isnan(metrics.auc_shuffled(pred, other, empty))
-  assert math.isnan(metrics.kld(pred, np.zeros((40, 56))))
+
+
+def test_nan_prediction_gives_nan_everywhere():
+  # What the STAViS post-processing makes of a blank map (0 / 0).
+  pred = np.full((4, 5), np.nan)
+  gt = np.arange(20.0).reshape(4, 5)
+  fixations = gt > 15
+  for value in (metrics.cc(pred, gt), metrics.sim(pred, gt),
+                metrics.kld(pred, gt), metrics.nss(pred, fixations),
+                metrics.auc_judd(pred, fixations),
+                metrics.auc_borji(pred, fixations),
+                metrics.auc_shuffled(pred, fixations, ~fixations)):
+    assert math.isnan(value)
 
 
 # --- Invariances and sAUC --------------------------------------------------
@@ -184,6 +267,66 @@ def test_resize_interior_matches_pil_bicubic(in_shape, out_shape):
       out_shape[::-1], Image.BICUBIC))
   assert ours.shape == out_shape
   np.testing.assert_allclose(ours[6:-6, 6:-6], pil[6:-6, 6:-6], atol=1e-5)
+
+
+def _imresize_reference(x: np.ndarray, out_len: int) -> np.ndarray:
+  """Loop version of MATLAB imresize.m along axis 0 (bicubic, float64)."""
+  in_len = x.shape[0]
+  scale = out_len / in_len
+
+  def cubic(t):
+    t = abs(t)
+    if t <= 1:
+      return 1.5 * t**3 - 2.5 * t**2 + 1
+    return -0.5 * t**3 + 2.5 * t**2 - 4 * t + 2 if t <= 2 else 0.0
+
+  width = 4.0 / scale if scale < 1 else 4.0
+  kernel = (lambda t: scale * cubic(scale * t)) if scale < 1 else cubic
+  aux = list(range(1, in_len + 1)) + list(range(in_len, 0, -1))
+  out = np.zeros((out_len,) + x.shape[1:])
+  for i in range(1, out_len + 1):
+    u = i / scale + 0.5 * (1 - 1 / scale)
+    left = math.floor(u - width / 2)
+    taps = [left + p for p in range(math.ceil(width) + 2)]
+    weights = [kernel(u - j) for j in taps]
+    total = sum(weights)
+    for j, w in zip(taps, weights):
+      out[i - 1] += w / total * x[aux[(j - 1) % len(aux)] - 1]
+  return out
+
+
+@pytest.mark.parametrize("in_shape, out_shape", [
+    ((5, 7), (3, 11)), ((4, 4), (9, 2)), ((6, 3), (6, 8)), ((2, 9), (7, 4))])
+def test_resize_matches_a_loop_reference_of_matlab_imresize(in_shape,
+                                                            out_shape):
+  values = np.random.default_rng(12).random(in_shape)
+  expected = _imresize_reference(
+      _imresize_reference(values, out_shape[0]).T, out_shape[1]).T
+  np.testing.assert_allclose(metrics.resize_map(values, out_shape), expected,
+                             rtol=0, atol=1e-14)
+
+
+def test_resize_by_hand_mirrors_the_border():
+  # [0, 1] to 4 columns: pixel 1 sits at u = 0.75, taps -2..3 mirror to
+  # x2, x1, x1, x1, x2, x2 with cubic weights 0, -0.0234375, 0.2265625,
+  # 0.8671875, -0.0703125, 0 -> -0.0234375 - 0.0703125 = -0.09375.
+  row = metrics.resize_map(np.array([[0.0, 1.0]]), (1, 4))
+  assert row[0, 0] == -0.09375 and row[0, 3] == 1.09375
+
+
+def test_kld_clips_bicubic_overshoot_like_8bit_imresize():
+  # imresize saturates uint8 output at 0, so the overshoot is clipped before
+  # the sum normalisation; eps is MATLAB's 2^-52.
+  small = np.zeros((4, 4))
+  small[1, 1] = 1.0
+  gt = np.ones((8, 8))
+  resized = metrics.resize_map(small, (8, 8))
+  assert resized.min() < 0
+  p = np.maximum(resized, 0) / np.maximum(resized, 0).sum()
+  g = gt / gt.sum()
+  expected = (g * np.log(2.0**-52 + g / (p + 2.0**-52))).sum()
+  assert metrics.kld(small, gt) == expected
+  assert metrics.EPS == 2.0**-52
 
 
 def test_resize_keeps_constants_and_antialiases():
@@ -263,10 +406,18 @@ def test_jax_edge_cases_follow_the_numpy_rules():
                 metrics.auc_from_negatives_jax(flat, fixations, negatives),
                 metrics.nss_jax(gt, empty), metrics.auc_judd_jax(gt, empty),
                 metrics.auc_from_negatives_jax(gt, empty, negatives),
-                metrics.kld_jax(gt, jnp.zeros(gt.shape))):
+                metrics.sim_jax(gt, jnp.full(gt.shape, 0.5))):
     assert jnp.isnan(value)
   assert float(metrics.auc_judd_jax(flat, fixations)) == 0.5
-  assert jnp.isfinite(metrics.kld_jax(flat, gt))
+  assert float(metrics.kld_jax(flat, gt)) == pytest.approx(
+      metrics.kld(np.full(gt.shape, 0.3), gt), abs=1e-5)
+  # The MIT conventions for all-zero maps, as in the NumPy versions.
+  blank, zero = jnp.zeros(gt.shape), jnp.zeros(gt.shape)
+  assert float(metrics.sim_jax(blank, gt)) == 0.0
+  assert float(metrics.sim_jax(gt, zero)) == 0.0
+  assert float(metrics.kld_jax(gt, zero)) == 0.0
+  assert float(metrics.kld_jax(blank, gt)) == pytest.approx(
+      metrics.kld(np.zeros(gt.shape), gt), rel=1e-5)
   jittered = metrics.auc_judd_jax(gt, fixations, jax.random.key(0))
   assert float(jittered) == pytest.approx(
       metrics.auc_judd(gt, fixations, jitter=False), abs=1e-3)
