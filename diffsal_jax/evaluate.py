@@ -32,6 +32,7 @@ import numpy as np
 import scipy.ndimage
 import tqdm
 
+from data_prep import shards
 from diffsal_jax import evaluation_report
 from diffsal_jax import metrics
 from diffsal_jax import saliency_io
@@ -332,8 +333,12 @@ def main(argv: Sequence[str] | None = None) -> int:
       n_splits=args.n_splits, step=args.step, seed=args.seed)
   predictions = [(fold, saliency_io.PredictionDir(root, args.dataset))
                  for fold, root in folds]
-  report = evaluate(source, predictions, options, args.workers,
-                    args.videos, progress=not args.no_progress)
+  try:
+    report = evaluate(source, predictions, options, args.workers,
+                      args.videos, progress=not args.no_progress)
+  except shards.DamagedShardError as error:   # names the shard, video, fix
+    print(f"error: {error}", file=sys.stderr)
+    return 2
   report["prediction_dirs"] = {str(f): str(r) for f, r in folds}
   if not report["overall"]["n_frames"]:
     print(f"error: no prediction frames matched the ground truth; check "
