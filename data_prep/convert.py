@@ -288,5 +288,5 @@ def convert_video(src: layouts.VideoSource, shard_dir: pathlib.Path,
   except BaseException:
     writer.abort()
     raise
-  writer.commit()
+  entry.shard_sha256, entry.shard_bytes = writer.commit()
   return VideoResult(src.key, entry, reader.notes)

@@ -43,6 +43,10 @@ class VideoEntry:
   empty_map_frames: list[int] = dataclasses.field(default_factory=list)
   source_files: int = 0
   source_sha256: str = ""
+  # sha256 and size of the shard file as written (`python -m data_prep verify`);
+  # "" / -1 in manifests written before they were recorded.
+  shard_sha256: str = ""
+  shard_bytes: int = -1
 
   @classmethod
   def from_json(cls, data: dict[str, Any]) -> "VideoEntry":

@@ -3,12 +3,16 @@
 Each shard `OUT/shards/<video>.array_record` holds the records listed in
 `manifest.VideoEntry` (frames, then per-frame ground truth, then audio
 chunks), written with `group_size:1` so that any record is read alone.
-`ShardStore` reads them through a single `grain.sources.ArrayRecordDataSource`.
+`ShardStore` reads them through a single `grain.sources.ArrayRecordDataSource`;
+a shard that cannot be read back raises `DamagedShardError` naming the file,
+its video and the fix. `commit` returns the shard's sha256 and size, which the
+manifest records for `python -m data_prep verify`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import os
 import pathlib
@@ -30,6 +34,35 @@ _MAGIC = b"DSF1"
 # a crash in the middle of a shard; see tests/test_data_prep.py).
 KILL_HOOK_ENV = "DATA_PREP_TEST_KILL_AFTER_RECORDS"
 _records_written_in_process = 0
+
+
+class DamagedShardError(RuntimeError):
+  """A shard whose records cannot be read back (truncated copy, disk error).
+
+  The message names the shard, its video and the fix; the reader's own error
+  (e.g. "Corrupted Riegeli/records file: ...") is chained and quoted.
+  A RuntimeError, as the ArrayRecord reader's errors are.
+  """
+
+
+def damaged_shard_message(shard: os.PathLike, video_key: str, out_dir: os.PathLike,
+                          problem: str) -> str:
+  """The error text for a damaged shard: what, where, and the two fixes."""
+  return (f"{shard} (video {video_key}) is damaged: {problem}. Fix: delete it and re-run "
+          f"`python -m data_prep convert --resume --dst {out_dir} ...` with the same --src "
+          f"and flags, or copy it again from an intact copy; `python -m data_prep verify "
+          f"{out_dir}` checks every shard")
+
+
+def file_checksum(path: os.PathLike) -> tuple[str, int]:
+  """(sha256 hex digest, size in bytes) of a file, read in chunks.
+
+  hashlib.file_digest reads 256 KiB at a time and releases the GIL while
+  hashing, so threads can check several shards at once.
+  """
+  with open(path, "rb") as f:
+    digest = hashlib.file_digest(f, "sha256")
+    return digest.hexdigest(), f.tell()
 
 
 def pack_fields(fields: dict[str, bytes]) -> bytes:
@@ -82,8 +115,11 @@ class ShardWriter:
       os.kill(os.getpid(), signal.SIGKILL)
     return self.num_records - 1
 
-  def commit(self) -> None:
+  def commit(self) -> tuple[str, int]:
+    """Closes, fsyncs and renames the shard into place; returns its
+    `file_checksum` (taken from the temp file, so of the bytes as written)."""
     self._writer.close()
+    checksum = file_checksum(self._tmp)
     fd = os.open(self._tmp, os.O_RDONLY)
     try:
       os.fsync(fd)
@@ -95,6 +131,7 @@ class ShardWriter:
       os.fsync(dir_fd)
     finally:
       os.close(dir_fd)
+    return checksum
 
   def abort(self) -> None:
     self._writer.close()
@@ -123,6 +160,13 @@ class ShardStore:
       if not shard.is_file():
         raise FileNotFoundError(f"{shard} (video {video.key}) is missing: re-run "
                                 f"`python -m data_prep convert --resume --dst {self.out_dir} ...`")
+      # A stat per shard finds a truncated copy before any work starts; other
+      # damage shows when a record is read (chunk hashes) or with `verify`.
+      size = shard.stat().st_size
+      if video.shard_bytes >= 0 and size != video.shard_bytes:
+        raise DamagedShardError(damaged_shard_message(
+            shard, video.key, self.out_dir,
+            f"{size} bytes, the conversion wrote {video.shard_bytes}"))
       # The `[start:end]` suffix spares opening every file at start-up.
       paths.append(f"{shard}[0:{video.num_records}]")
       self._base[index], total = total, total + video.num_records
@@ -130,18 +174,26 @@ class ShardStore:
       raise ValueError(f"no videos selected from {self.out_dir}")
     self._source = grain.sources.ArrayRecordDataSource(paths)
 
-  def _read(self, keys: Sequence[int]) -> list[bytes]:
-    return list(self._source.__getitems__(list(keys)))
+  def shard_path(self, video: int) -> pathlib.Path:
+    return self.out_dir / manifest_lib.SHARD_DIR / self.manifest.videos[video].shard
+
+  def _read(self, video: int, keys: Sequence[int]) -> list[bytes]:
+    """Records `keys` (global keys, all within `video`'s shard)."""
+    try:
+      return list(self._source.__getitems__(list(keys)))
+    except RuntimeError as e:   # the reader's "Corrupted Riegeli/records file: ..."
+      raise DamagedShardError(damaged_shard_message(
+          self.shard_path(video), self.manifest.videos[video].key, self.out_dir, str(e))) from e
 
   def raw_records(self, video: int) -> list[bytes]:
     """Every record of a video's shard, as stored (for checks and debugging)."""
     count = self.manifest.videos[video].num_records
-    return self._read(range(self._base[video], self._base[video] + count))
+    return self._read(video, range(self._base[video], self._base[video] + count))
 
   def encoded_frames(self, video: int, frames: Sequence[int]) -> list[bytes]:
     """Encoded images of 1-based `frames` (duplicates are read once)."""
     unique = sorted(set(frames))
-    data = dict(zip(unique, self._read([self._base[video] + f - 1 for f in unique])))
+    data = dict(zip(unique, self._read(video, [self._base[video] + f - 1 for f in unique])))
     return [data[f] for f in frames]
 
   def frames_uint8(self, video: int, frames: Sequence[int],
@@ -164,7 +216,7 @@ class ShardStore:
     entry = self.manifest.videos[video]
     if not entry.has_maps:
       raise ValueError(f"video {entry.key} has no maps in {self.out_dir} (test split)")
-    (record,) = self._read([self._base[video] + entry.gt_offset + frame - 1])
+    (record,) = self._read(video, [self._base[video] + entry.gt_offset + frame - 1])
     fields = unpack_fields(record)
     return GroundTruth(
         map=np.asarray(Image.open(io.BytesIO(fields["map"]))),
@@ -182,7 +234,7 @@ class ShardStore:
     chunk = info["chunk_samples"]
     first, last = start // chunk, max(start, stop - 1) // chunk
     keys = [self._base[video] + entry.audio_offset + c for c in range(first, last + 1)]
-    raw = b"".join(self._read(keys)) if stop > start else b""
+    raw = b"".join(self._read(video, keys)) if stop > start else b""
     samples = np.frombuffer(raw, info["dtype"])[start - first * chunk:stop - first * chunk]
     if info["dtype"] == "int16":
       return samples.astype(np.float32) / np.float32(32768.0)

@@ -3,20 +3,25 @@
 Layout of a workdir:
   checkpoints/<step>/{variables,train,data_iter,meta}  periodic, resumed from
   best/<step>/{variables,meta}                          best validation score
+  checkpoints/<step>.damaged                            set aside on resume
 
 `variables` is `{'params': ..., 'batch_stats': ...}` of pure nested dicts
 (orbax StandardSave), exactly the tree `python -m diffsal_jax.convert --out`
 writes for the published weights (`model.save_variables`), so
 `config.init_from` accepts either.
 Orbax writes each step into a temporary directory and renames it when
-complete, so a kill mid-save leaves the previous checkpoint intact.
+complete, so a kill mid-save leaves the previous checkpoint intact. A step
+damaged later on disk is found by trying to restore it; the resume then falls
+back to the newest step that restores (`Checkpoints.restore_latest`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import sys
 from typing import Any
 
 import grain
@@ -24,6 +29,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from diffsal_jax import train_state as ts
 
@@ -114,16 +120,31 @@ class Checkpoints:
 
   def restore_latest(self, state: ts.TrainState, shardings: ts.TrainState,
                      iterator: IteratorState) -> tuple[ts.TrainState, dict]:
-    """Restores into `state`'s structure and `shardings`; moves the iterator."""
-    step = self._latest.latest_step()
+    """Restores into `state`'s structure and `shardings`; moves the iterator.
+
+    Tries the steps newest first. A step that fails to restore (a truncated
+    data file, a disk error: orbax / TensorStore errors) is named in a
+    warning and, once an older step has restored, moved aside to
+    `checkpoints/<step>.damaged` (see `_set_aside`). If no step restores,
+    raises RuntimeError naming every step and its error, and changes nothing
+    (the same error on every step usually means another config, not damage).
+    """
     abstract = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
         state, shardings)
-    restored = self._latest.restore(step, args=ocp.args.Composite(**{
-        VARIABLES: ocp.args.StandardRestore(_variables(abstract)),
-        TRAIN: ocp.args.StandardRestore(_train_item(abstract)),
-        DATA_ITER: grain.checkpoint.CheckpointRestore(iterator),
-        META: ocp.args.JsonRestore()}))
+    failed: list[tuple[int, Exception]] = []
+    with _quiet_after_failed_restore():
+      restored, step = self._restore_newest_intact(abstract, iterator, failed)
+    if restored is None:
+      listing = "; ".join(f"step {s} ({self._step_dir(s)}): {_first_line(e)}"
+                          for s, e in failed)
+      raise RuntimeError(
+          f"no checkpoint in {self._latest.directory} can be restored: {listing}. "
+          "Nothing was changed. If the config changed, resume with the one that "
+          "wrote them; if they are damaged, move them away to start from step 0"
+      ) from (failed[0][1] if failed else None)
+    if failed:
+      self._set_aside([s for s, _ in failed], restored_step=step)
     params, batch_stats = state.params, state.batch_stats
     nnx.replace_by_pure_dict(params, restored[VARIABLES][PARAMS])
     nnx.replace_by_pure_dict(batch_stats, restored[VARIABLES][BATCH_STATS])
@@ -133,6 +154,49 @@ class Checkpoints:
                               opt_state=train["opt_state"], rng=train["rng"])
     return new_state, restored[META]
 
+  def _restore_newest_intact(self, abstract: ts.TrainState, iterator: IteratorState,
+                             failed: list) -> tuple[dict | None, int]:
+    """(restored items, step) of the newest step that restores, or (None,
+    -1); appends (step, error) of each step that fails to `failed`."""
+    for step in sorted(self._latest.all_steps(), reverse=True):
+      try:
+        return self._latest.restore(step, args=ocp.args.Composite(**{
+            VARIABLES: ocp.args.StandardRestore(_variables(abstract)),
+            TRAIN: ocp.args.StandardRestore(_train_item(abstract)),
+            DATA_ITER: grain.checkpoint.CheckpointRestore(iterator),
+            META: ocp.args.JsonRestore()})), step
+      # Whatever orbax, TensorStore or json raise: whether the step is damaged
+      # is decided by whether an older one restores, not by the error's type.
+      except Exception as error:  # pylint: disable=broad-except
+        logging.warning("checkpoint %s cannot be restored (%s); trying the "
+                        "previous one", self._step_dir(step), _first_line(error))
+        failed.append((step, error))
+    return None, -1
+
+  def _step_dir(self, step: int) -> str:
+    return os.path.join(str(self._latest.directory), str(step))
+
+  def _set_aside(self, steps: list[int], restored_step: int) -> None:
+    """Renames damaged steps to `<step>.damaged` (process 0; all wait).
+
+    Moved, not deleted: nothing is lost (a read error may be passing, and
+    the files can be inspected), while a name that is not a step number is
+    ignored by orbax (listing, max_to_keep) and `resolve_variables_dir`,
+    so the resumed run can save that step again.
+    """
+    if jax.process_index() == 0:
+      for step in steps:
+        source, target = self._step_dir(step), self._step_dir(step) + ".damaged"
+        suffix = 1
+        while os.path.exists(target):
+          target, suffix = f"{self._step_dir(step)}.damaged-{suffix}", suffix + 1
+        os.rename(source, target)
+        logging.warning("checkpoint step %d is damaged: moved it to %s; resuming "
+                        "from step %d", step, target, restored_step)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("diffsal_jax_checkpoints_set_aside")
+    self._latest.reload()
+
   def reached_preemption(self, step: int) -> bool:
     return self._latest.reached_preemption(step)
 
@@ -141,6 +205,38 @@ class Checkpoints:
     self._best.wait_until_finished()
     self._latest.close()
     self._best.close()
+
+
+def _first_line(error: Exception, head: int = 160, tail: int = 340) -> str:
+  """`Type: message` of an error, without TensorStore's spec dump; a long
+  message keeps its start and its end (where TensorStore says why)."""
+  text = str(error).split(" [tensorstore_spec")[0].strip().replace("\n", " ")
+  if len(text) > head + tail:
+    text = f"{text[:head]} ... {text[-tail:]}"
+  return f"{type(error).__name__}: {text}"
+
+
+@contextlib.contextmanager
+def _quiet_after_failed_restore():
+  """Drops the "Event loop is closed" errors of a failed restore.
+
+  When one array of a step fails to read, orbax closes its event loop while
+  TensorStore still completes the step's other reads; each late callback
+  then prints an unraisable RuntimeError traceback (measured: one per array).
+  Only those are dropped; any other unraisable error goes to the usual hook.
+  """
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"):
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+  try:
+    yield
+  finally:
+    sys.unraisablehook = previous
 
 
 def _is_variables_dir(path: str) -> bool:

@@ -35,6 +35,7 @@ import scipy.ndimage
 import tqdm
 
 from data_prep import release_files
+from data_prep import shards
 from diffsal_jax import evaluation_report
 from diffsal_jax import metrics
 from diffsal_jax import saliency_io
@@ -388,7 +389,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     report = evaluate(source, predictions, options, args.workers,
                       args.videos, progress=not args.no_progress)
-  except release_files.ReleaseError as error:  # A raw file that cannot be used.
+  # A raw file that cannot be used, or a shard damaged on disk: both name
+  # the file and the fix.
+  except (release_files.ReleaseError, shards.DamagedShardError) as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
   report["prediction_dirs"] = {str(f): str(r) for f, r in folds}
