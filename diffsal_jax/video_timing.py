@@ -127,8 +127,10 @@ def display_transposes(frame: av.VideoFrame) -> list[Image.Transpose]:
     return [_T.TRANSVERSE if matrix[3] < 0 else _T.ROTATE_90]
   if clockwise < 1 or clockwise > 359:
     return [_T.FLIP_TOP_BOTTOM] if matrix[4] < 0 else []
-  raise ValueError(f"display rotation of {clockwise:g} degrees (only "
-                   "multiples of 90 are supported)")
+  # frame.rotation is truncated to whole degrees; the matrix gives the angle.
+  ccw = -np.degrees(np.arctan2(matrix[1], matrix[0]))
+  raise ValueError(f"display rotation of {ccw:.0f} degrees counter-clockwise "
+                   "(only multiples of 90 are supported)")
 
 
 def describe_transposes(ops: Sequence[Image.Transpose]) -> str:
