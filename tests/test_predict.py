@@ -30,7 +30,9 @@ from diffsal_jax import model_setup
 from diffsal_jax import predict
 from diffsal_jax import video_io
 from diffsal_jax import video_predictor as vp
+from diffsal_jax import video_timing
 from tests import demo_run
+from tests import test_video_inputs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SIZE_HW, FPS, RATE, NUM_FRAMES = (60, 94), 25, 44100, 30
@@ -199,7 +201,8 @@ def test_frame_folder_with_wav_reads_like_the_datasets(tmp_path):
 def test_overlay_keeps_frame_count_duration_and_audio(tmp_path):
   frames = _disc_video(num_frames=12, size_hw=(33, 47))   # odd sizes
   track = video_io.AudioTrack(_tone(12)[None], RATE)
-  writer = video_io.OverlayWriter(tmp_path / "o.mp4", fractions.Fraction(FPS),
+  writer = video_io.OverlayWriter(tmp_path / "o.mp4",
+                                  video_timing.FrameTiming.constant(12, FPS),
                                   (33, 47), track)
   for frame in frames:
     writer.write(frame, np.zeros((33, 47), np.uint8), 0.6)
@@ -286,6 +289,45 @@ def test_av_model_uses_the_audio_and_falls_back_to_silence(
   assert outs["silent"].shape == (9, *av_predictor.config.model.image_size)
   assert np.isfinite(outs["silent"]).all() and np.isfinite(outs["loud"]).all()
   assert not np.allclose(outs["silent"], outs["loud"])   # audio is used
+
+
+def test_rotated_vfr_late_audio_phone_video(tmp_path, av_predictor):
+  """A portrait phone clip (display matrix 90 degrees clockwise), frames at
+  irregular times, audio starting 0.5 s late with one click at 1.5 s from the
+  first frame (1.0 s into the track): upright maps at the displayed size, an
+  overlay as long as the input, the click under frame 8 (shown at 1.5 s)."""
+  path = test_video_inputs.write_video(
+      tmp_path / "phone.mp4", test_video_inputs.VFR_TIMES, rotation=-90,
+      audio_start=0.5, click=1.0)
+  source = video_io.VideoFile(path)
+  options = predict.OutputOptions(overlay=True, npz=True, progress=False)
+  summary = predict.predict_source(av_predictor, source, tmp_path / "out",
+                                   options)
+  assert summary["frames"] == 10 and summary["vfr"]
+  assert summary["size_hw"] == [64, 48]
+  assert summary["duration"] == pytest.approx(2.08)
+  assert len(summary["corrections"]) == 3   # VFR, rotation, late audio
+  for k in range(1, 11):
+    with Image.open(tmp_path / "out" / predict.MAPS_DIR / f"{k:05d}.png") as m:
+      assert (m.height, m.width) == (64, 48)
+  overlay = video_io.probe(tmp_path / "out" / predict.OVERLAY)
+  assert overlay["frames"] == 10 and overlay["size_hw"] == (64, 48)
+  assert abs(overlay["span"] - source.timing.duration) < 0.04   # one frame
+  # The container lasts as long as its longest stream (here the audio).
+  assert abs(overlay["duration"] - video_io.probe(path)["duration"]) < 0.04
+  # The frame whose audio window (predictor timing) holds the click.
+  wave, rate = source.audio().model_wave()
+  click = int(np.argmax(np.abs(wave)))
+  assert click == int(1.5 * rate)
+  holding = [k + 1 for k, t in enumerate(source.timing.times)
+             if audio_lib.time_sample_bounds(t, rate, source.fps,
+                                             wave.size)[0] <= click <=
+             audio_lib.time_sample_bounds(t, rate, source.fps, wave.size)[1]]
+  assert holding == [8]
+  # The overlay's sound has the click 1.5 s after its first frame too.
+  overlay_track = video_io.VideoFile(tmp_path / "out" /
+                                     predict.OVERLAY).audio()
+  assert abs(int(np.argmax(np.abs(overlay_track.samples[0]))) - click) <= 32
 
 
 def test_av_maps_equal_mains_predict_mode(av_checkpoint, av_predictor,
