@@ -47,6 +47,7 @@ from PIL import Image
 
 from diffsal_jax import audio as audio_lib
 from diffsal_jax import metrics
+from diffsal_jax import overlay
 from diffsal_jax import saliency_io
 from diffsal_jax import train_config
 from diffsal_jax import video_io
@@ -136,7 +137,7 @@ def write_overlay(source: video_io.FrameSource, out_dir: pathlib.Path,
                   track: video_io.AudioTrack | None) -> pathlib.Path:
   """Heat maps (read back from the PNGs) over the frames, with the audio."""
   path = out_dir / OVERLAY
-  writer = video_io.OverlayWriter(path, source.timing, source.size_hw, track)
+  writer = overlay.OverlayWriter(path, source.timing, source.size_hw, track)
   try:
     frames = source.frames()
     for k in tqdm.trange(1, num_frames + 1, unit="frame", dynamic_ncols=True,

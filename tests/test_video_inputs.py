@@ -14,6 +14,7 @@ import soundfile
 from PIL import Image
 
 from diffsal_jax import audio as audio_lib
+from diffsal_jax import overlay
 from diffsal_jax import predict
 from diffsal_jax import video_io
 from diffsal_jax import video_timing
@@ -173,7 +174,7 @@ def test_early_audio_is_cut_at_the_first_frame(tmp_path):
 
 def test_overlay_keeps_vfr_timing_and_duration(tmp_path):
   source = video_io.VideoFile(write_video(tmp_path / "vfr.mp4", VFR_TIMES))
-  writer = video_io.OverlayWriter(tmp_path / "o.mp4", source.timing,
+  writer = overlay.OverlayWriter(tmp_path / "o.mp4", source.timing,
                                   source.size_hw, None)
   for frame in source.frames():
     writer.write(np.asarray(frame), np.zeros(source.size_hw, np.uint8), 0.6)
@@ -182,8 +183,8 @@ def test_overlay_keeps_vfr_timing_and_duration(tmp_path):
   assert info["frames"] == 10
   assert info["span"] == pytest.approx(2.08)
   assert info["duration"] == pytest.approx(2.08)
-  overlay = video_io.VideoFile(tmp_path / "o.mp4")
-  np.testing.assert_allclose(overlay.timing.times, VFR_TIMES, atol=1e-9)
+  written = video_io.VideoFile(tmp_path / "o.mp4")
+  np.testing.assert_allclose(written.timing.times, VFR_TIMES, atol=1e-9)
 
 
 # ---------------------------------------------------------- size changes --
