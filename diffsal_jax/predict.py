@@ -18,12 +18,17 @@ Per input, under OUT/<name>/ (name = file stem, or folder name):
                         the model's with `metrics.resize_map`, as the
                         evaluation does);
   overlay.mp4           the frames with a heat map blended in, same frame
-                        count and rate, the input's audio kept (AAC);
+                        count and timestamps, the input's audio kept (AAC);
   maps.npz              with --npz: `maps` (N, h, w) float32 raw model output
                         at the model resolution, `frames`, `frame_size`, `fps`.
 
 Every frame gets a map: clips are centred on their frame and padded at the
 start and end by repeating the first / last frame (see `video_predictor`).
+
+Every input is probed before the model loads (`video_io`); frames come out
+upright (display matrix), audio windows follow each frame's timestamp, the
+sound is aligned to the first frame, and each correction is listed in the
+input's JSON summary line (`corrections`, `vfr`, `audio_offset_s`).
 """
 
 from __future__ import annotations

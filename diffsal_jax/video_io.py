@@ -156,8 +156,9 @@ class VideoFile(FrameSource):
                            "video stream; extract the frames and pass "
                            "--frames DIR --fps N")
         time_base = stream.time_base
+        # Packets an edit list cuts (is_discard) are decoded but not shown.
         packets = [(p.pts, p.duration or 0) for p in container.demux(stream)
-                   if p.size]
+                   if p.size and not p.is_discard]
         audio = container.streams.audio[0] if container.streams.audio else None
         self._audio_start = (float(audio.start_time * audio.time_base)
                              if audio is not None and audio.start_time

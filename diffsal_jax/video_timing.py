@@ -81,18 +81,22 @@ class FrameTiming:
     if np.any(np.diff(pts) == 0):
       raise ValueError("two frames have the same timestamp")
     pts = pts - pts[0]
-    period = 1 / (fractions.Fraction(nominal_fps) * time_base)   # in ticks
+    nominal = float(1 / (fractions.Fraction(nominal_fps) * time_base))  # ticks
     steps = np.diff(pts)
-    tolerance = max(float(period) * _CFR_TOLERANCE, 2.0)
-    vfr = bool(steps.size and np.max(np.abs(steps - float(period))) > tolerance)
+    period = float(np.median(steps)) if steps.size else nominal
+    tolerance = max(period * _CFR_TOLERANCE, 2.0)
+    vfr = bool(steps.size and np.max(np.abs(steps - period)) > tolerance)
     if last_duration <= 0:
-      last_duration = int(np.median(steps)) if vfr else round(period)
+      last_duration = round(period)
     end = int(pts[-1] + last_duration)
     if vfr:
       fps = float(pts.size / (end * time_base))
       times = pts * float(time_base)
     else:
-      fps = float(nominal_fps)
+      # The container's rate, unless its intervals say otherwise (a rate
+      # averaged over a stream header that lies).
+      fps = float(nominal_fps) if abs(nominal - period) <= tolerance else (
+          float(1 / (period * time_base)))
       times = np.arange(pts.size) * (1.0 / fps)
     return cls(pts, fractions.Fraction(time_base), end, fps, vfr, times)
 

@@ -120,6 +120,25 @@ def test_variable_frame_rate_keeps_each_frames_time(tmp_path):
   assert "variable frame rate" in source.notes[0]
 
 
+def test_a_dropped_frame_keeps_the_later_frames_times(tmp_path):
+  times = [k / 25 for k in range(10) if k != 4]   # frame at 0.16 s missing
+  source = video_io.VideoFile(write_video(tmp_path / "gap.mp4", times))
+  assert source.timing.vfr and source.timing.num_frames == 9
+  np.testing.assert_allclose(source.timing.times, times, atol=1e-9)
+  assert source.timing.duration == pytest.approx(0.4)
+
+
+def test_timing_from_timestamps_in_decode_order():
+  # 29.97 fps in a millisecond time base: 33/34 ms steps are constant rate.
+  pts = [round(k * 1001 / 30) for k in range(30)]
+  timing = video_timing.FrameTiming.from_pts(
+      pts[::-1], MS, 0, fractions.Fraction(30000, 1001))
+  assert not timing.vfr and timing.fps == 30000 / 1001
+  assert timing.times[29] == 29 * (1.0 / (30000 / 1001))
+  with pytest.raises(ValueError, match="same timestamp"):
+    video_timing.FrameTiming.from_pts([0, 40, 40], MS, 0, 25)
+
+
 def test_constant_rate_times_are_the_published_ones(tmp_path):
   source = video_io.VideoFile(write_video(tmp_path / "cfr.mp4"))
   timing = source.timing
