@@ -19,6 +19,7 @@ vectorised; mel matrix, window, resampling and resize matrices are cached.
 import functools
 import math
 import os
+from typing import Sequence
 
 import librosa
 import numpy as np
@@ -97,9 +98,21 @@ def frame_sample_bounds(frame: int, sample_rate: int, fps: float,
   clipped at 0 and end at `num_samples` (then truncated to int), with the
   floating-point operations in the published order so indices agree exactly.
   """
+  return time_sample_bounds((frame - 1) * (1.0 / float(fps)), sample_rate,
+                            fps, num_samples)
+
+
+def time_sample_bounds(centre_s: float, sample_rate: int, fps: float,
+                       num_samples: int) -> tuple[int, int]:
+  """Inclusive sample range [start, end] of a frame shown at `centre_s` s.
+
+  The frame spans one (nominal or average) frame period 1/fps centred on its
+  presentation time; `frame_sample_bounds` is this with (f-1)/fps, so with
+  centre_s = (f-1) * (1.0/fps) the indices equal the published ones exactly.
+  """
   fps = float(fps)
   period_samples = sample_rate / fps
-  centre = (frame - 1) * (1.0 / fps) * sample_rate
+  centre = centre_s * sample_rate
   start = int(max(0, centre - period_samples / 2))
   end = int(min(num_samples, abs(centre + period_samples / 2)))
   return start, end
@@ -107,7 +120,9 @@ def frame_sample_bounds(frame: int, sample_rate: int, fps: float,
 
 def clip_excerpt_buffer(wave: np.ndarray, sample_rate: int, fps: float,
                         first_frame: int, last_frame: int,
-                        buffer_samples: int = BUFFER_SAMPLES) -> np.ndarray:
+                        buffer_samples: int = BUFFER_SAMPLES,
+                        frame_times: Sequence[float] | None = None
+                        ) -> np.ndarray:
   """The audio of frames first..last (1-based) centred in a zero buffer.
 
   Takes wave[start(first) : end(last) + 1] and places it so that its sample
@@ -116,6 +131,10 @@ def clip_excerpt_buffer(wave: np.ndarray, sample_rate: int, fps: float,
   published code crashes, is centre-cropped the same way. An empty excerpt
   (last_frame < first_frame, which the published loop padding can produce, or
   frames past the end of the audio) gives a silent buffer.
+
+  `frame_times` (seconds from the first frame, index f-1 for frame f): the
+  presentation times of a variable-frame-rate video; each frame's window is
+  then centred on its own time instead of (f-1)/fps (`time_sample_bounds`).
 
   Returns:
     float64 array of shape (buffer_samples,).
@@ -127,8 +146,15 @@ def clip_excerpt_buffer(wave: np.ndarray, sample_rate: int, fps: float,
   if wave.ndim != 1:
     raise AudioError(
         f"expected mono audio of shape (samples,), got {wave.shape}")
-  start, _ = frame_sample_bounds(first_frame, sample_rate, fps, wave.shape[0])
-  _, end = frame_sample_bounds(last_frame, sample_rate, fps, wave.shape[0])
+  if frame_times is None:
+    start, _ = frame_sample_bounds(first_frame, sample_rate, fps,
+                                   wave.shape[0])
+    _, end = frame_sample_bounds(last_frame, sample_rate, fps, wave.shape[0])
+  else:
+    start, _ = time_sample_bounds(frame_times[first_frame - 1], sample_rate,
+                                  fps, wave.shape[0])
+    _, end = time_sample_bounds(frame_times[last_frame - 1], sample_rate, fps,
+                                wave.shape[0])
   excerpt = wave[start:end + 1]
   offset = buffer_samples // 2 - excerpt.shape[0] // 2
   if offset < 0:
@@ -251,7 +277,8 @@ def clip_log_mel(wave: np.ndarray, sample_rate: int, fps: float,
                  first_frame: int, last_frame: int,
                  num_patches: int = NUM_PATCHES,
                  buffer_samples: int = BUFFER_SAMPLES,
-                 resample_method: str = "kaiser_best") -> np.ndarray:
+                 resample_method: str = "kaiser_best",
+                 frame_times: Sequence[float] | None = None) -> np.ndarray:
   """Log-mel patches of a video clip as the published loader computes them.
 
   Args:
@@ -265,12 +292,13 @@ def clip_log_mel(wave: np.ndarray, sample_rate: int, fps: float,
     num_patches: patches returned (9 published; tiny models use fewer).
     buffer_samples: the zero buffer the excerpt is centred in.
     resample_method: see `resample_to_16k`.
+    frame_times: per-frame presentation times (see `clip_excerpt_buffer`).
 
   Returns:
     (num_patches, 64 frames, 64 bands) float32.
   """
   buffer = clip_excerpt_buffer(wave, sample_rate, fps, first_frame,
-                               last_frame, buffer_samples)
+                               last_frame, buffer_samples, frame_times)
   wave_16k = resample_to_16k(buffer, sample_rate, resample_method)
   return frame_patches(log_mel_16k(wave_16k), num_patches)
 

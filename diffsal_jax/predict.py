@@ -18,12 +18,17 @@ Per input, under OUT/<name>/ (name = file stem, or folder name):
                         the model's with `metrics.resize_map`, as the
                         evaluation does);
   overlay.mp4           the frames with a heat map blended in, same frame
-                        count and rate, the input's audio kept (AAC);
+                        count and timestamps, the input's audio kept (AAC);
   maps.npz              with --npz: `maps` (N, h, w) float32 raw model output
                         at the model resolution, `frames`, `frame_size`, `fps`.
 
 Every frame gets a map: clips are centred on their frame and padded at the
 start and end by repeating the first / last frame (see `video_predictor`).
+
+Every input is probed before the model loads (`video_io`); frames come out
+upright (display matrix), audio windows follow each frame's timestamp, the
+sound is aligned to the first frame, and each correction is listed in the
+input's JSON summary line (`corrections`, `vfr`, `audio_offset_s`).
 """
 
 from __future__ import annotations
@@ -45,7 +50,9 @@ from absl import logging
 from ml_collections import config_flags
 from PIL import Image
 
+from diffsal_jax import audio as audio_lib
 from diffsal_jax import metrics
+from diffsal_jax import overlay
 from diffsal_jax import saliency_io
 from diffsal_jax import train_config
 from diffsal_jax import video_io
@@ -71,8 +78,7 @@ def _model_audio(predictor: vp.Predictor, source: video_io.FrameSource,
     logging.warning("%s has no audio track: the audio-visual model gets "
                     "silence. For the visual model pass a visual checkpoint "
                     "and its config.", source.name)
-    return video_io.silent_wave(max(source.num_frames_hint, 1),
-                                float(source.fps))
+    return video_io.silent_wave(source.timing.duration)
   return track.model_wave()
 
 
@@ -107,8 +113,11 @@ def write_maps(predictor: vp.Predictor, source: video_io.FrameSource,
                  desc=f"predict {source.name}", dynamic_ncols=True,
                  disable=not options.progress) as bar, (
                      concurrent.futures.ThreadPoolExecutor(workers)) as pool:
+    # Constant rate: times are (f-1)/fps exactly as in training (and main).
+    times = source.timing.times if source.timing.vfr else None
     for frame, saliency in predictor.predict(
-        source.frames(), source.fps, _model_audio(predictor, source, track)):
+        source.frames(), source.fps, _model_audio(predictor, source, track),
+        times):
       pending.append(pool.submit(_save_map, out_dir, frame, saliency,
                                  source.size_hw))
       count += 1
@@ -133,7 +142,7 @@ def write_overlay(source: video_io.FrameSource, out_dir: pathlib.Path,
                   track: video_io.AudioTrack | None) -> pathlib.Path:
   """Heat maps (read back from the PNGs) over the frames, with the audio."""
   path = out_dir / OVERLAY
-  writer = video_io.OverlayWriter(path, source.fps, source.size_hw, track)
+  writer = overlay.OverlayWriter(path, source.timing, source.size_hw, track)
   try:
     frames = source.frames()
     for k in tqdm.trange(1, num_frames + 1, unit="frame", dynamic_ncols=True,
@@ -167,7 +176,13 @@ def predict_source(predictor: vp.Predictor, source: video_io.FrameSource,
   needs_audio = predictor.uses_audio or options.overlay
   track = source.audio(options.audio_rate) if needs_audio else None
   count, kept = write_maps(predictor, source, out_dir, options, track)
-  summary = {"input": source.name, "frames": count, "fps": float(source.fps),
+  if source.resized_frames:
+    source.notes.append(video_io.resize_note(source.resized_frames,
+                                             source.size_hw))
+  summary = {"input": source.name, "frames": count,
+             "fps": round(source.timing.fps, 6),
+             "duration": round(source.timing.duration, 6),
+             "vfr": source.timing.vfr, "size_hw": list(source.size_hw),
              "maps": str(out_dir / MAPS_DIR)}
   if options.npz:
     write_npz(out_dir / NPZ, kept, source)
@@ -175,6 +190,11 @@ def predict_source(predictor: vp.Predictor, source: video_io.FrameSource,
   if options.overlay:
     summary["overlay"] = str(write_overlay(source, out_dir, count, options,
                                            track))
+  if getattr(source, "audio_offset", None):
+    summary["audio_offset_s"] = round(source.audio_offset, 6)
+  # Notes made while probing, reading the audio and decoding (deduplicated:
+  # the overlay decodes the frames a second time).
+  summary["corrections"] = list(dict.fromkeys(source.notes))
   summary["seconds"] = round(time.time() - started, 2)
   return summary
 
@@ -232,17 +252,34 @@ def _input_paths() -> list[str]:
   return paths
 
 
-def _sources() -> list[video_io.FrameSource]:
-  """Opens every input first, so a bad path fails before the model loads."""
+def _sources() -> tuple[list[video_io.FrameSource], list[str]]:
+  """Opens and probes every input before the model loads.
+
+  Returns the readable sources and one error per unreadable input (each
+  names its file and the fix); a bad input does not stop the others.
+  """
   if FLAGS.wav and not FLAGS.frames:
     raise app.UsageError("--wav goes with --frames (a video brings its audio)")
-  sources = [video_io.VideoFile(p) for p in _input_paths()]
+  openers = [lambda p=p: video_io.VideoFile(p) for p in _input_paths()]
   if FLAGS.frames:
-    sources.append(video_io.FrameFolder(FLAGS.frames, FLAGS.fps, FLAGS.wav))
-  if not sources:
+    openers.append(lambda: video_io.FrameFolder(FLAGS.frames, FLAGS.fps,
+                                                FLAGS.wav))
+  if not openers:
     raise app.UsageError("nothing to predict: give --video, --video_list or "
                          "--frames")
-  return sources
+  return open_sources(openers)
+
+
+def open_sources(openers) -> tuple[list[video_io.FrameSource], list[str]]:
+  """Calls each opener; a MediaError becomes one error line, the rest go on."""
+  sources, errors = [], []
+  for opener in openers:
+    try:
+      sources.append(opener())
+    except video_io.MediaError as err:
+      errors.append(str(err))
+      logging.error("%s", err)
+  return sources, errors
 
 
 def _unique_names(sources: list[video_io.FrameSource]) -> list[str]:
@@ -259,8 +296,10 @@ def main(argv) -> int:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   expected = (video_io.MediaError, vp.CheckpointMismatch, vp.ConfigMissing,
               train_config.ConfigError, FileNotFoundError)
+  sources, errors = _sources()
+  if not sources:
+    sys.exit("error: " + "\nerror: ".join(errors))
   try:
-    sources = _sources()
     config = vp.load_config(FLAGS.checkpoint, FLAGS.config)
     predictor = vp.Predictor(
         config, FLAGS.checkpoint, prefer=FLAGS.which,
@@ -271,16 +310,17 @@ def main(argv) -> int:
   options = OutputOptions(overlay=FLAGS.overlay, npz=FLAGS.npz,
                           alpha=FLAGS.alpha, audio_rate=FLAGS.audio_rate,
                           progress=FLAGS.progress)
-  failed = 0
   for source, name in zip(sources, _unique_names(sources)):
     try:
       summary = predict_source(predictor, source,
                                pathlib.Path(FLAGS.out) / name, options)
       print(json.dumps(summary))
-    except video_io.MediaError as err:
-      failed += 1
+    except (video_io.MediaError, audio_lib.AudioError) as err:
+      errors.append(f"{source.name}: {err}")
       logging.error("%s: %s", source.name, err)
-  return 1 if failed else 0
+  if errors:   # repeated at the end, where a long run's log ends
+    print("failed inputs:\n  " + "\n  ".join(errors), file=sys.stderr)
+  return 1 if errors else 0
 
 
 if __name__ == "__main__":

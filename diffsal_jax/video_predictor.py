@@ -26,7 +26,7 @@ import concurrent.futures
 import dataclasses
 import json
 import os
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import jax
 import ml_collections
@@ -218,18 +218,20 @@ class Predictor:
     yield from windows.finish()
 
   def _audio_features(self, batch: list[Window], wave: np.ndarray, rate: int,
-                      fps: float, pool) -> np.ndarray:
+                      fps: float, times, pool) -> np.ndarray:
     patches = input_pipeline.num_audio_patches(self.config.model)
     size = tuple(self.config.model.audio_size)
 
     def one(window: Window) -> np.ndarray:
       mel = audio_lib.clip_log_mel(wave, rate, fps, window.frames[0],
-                                   window.frames[-1], patches)
+                                   window.frames[-1], patches,
+                                   frame_times=times)
       return audio_lib.resize_patches(mel, size)
 
     return np.stack(list(pool.map(one, batch)))
 
-  def _inputs(self, batch: list[Window], audio, fps: float, pool) -> dict:
+  def _inputs(self, batch: list[Window], audio, fps: float, times,
+              pool) -> dict:
     rows = self.batch_size
     img = np.zeros((rows, *batch[0].clip.shape), np.uint8)
     img[:len(batch)] = [w.clip for w in batch]
@@ -238,7 +240,7 @@ class Predictor:
       img[len(batch):] = 0.0   # padding rows, as the loader leaves them
     local = {"img": img}
     if self.uses_audio:
-      features = self._audio_features(batch, *audio, fps, pool)
+      features = self._audio_features(batch, *audio, fps, times, pool)
       local["audio"] = np.zeros((rows, *features.shape[1:]), np.float32)
       local["audio"][:len(batch)] = features
     sharding = ts.batch_sharding(self.model.mesh)
@@ -246,12 +248,18 @@ class Predictor:
             for k, v in local.items()}
 
   def predict(self, frames: Iterable[Image.Image], fps: float,
-              audio: tuple[np.ndarray, int] | None = None
+              audio: tuple[np.ndarray, int] | None = None,
+              times: Sequence[float] | None = None
               ) -> Iterator[tuple[int, np.ndarray]]:
     """Yields (frame number, (H, W) float32 map at the model's size).
 
-    `audio`: (mono wave, rate) as `audio.load_wav` returns; required by the
-    audio-visual model (see `video_io.silent_wave` for a video without sound).
+    `audio`: (mono wave, rate) as `audio.load_wav` returns, sample 0 shown
+    with the first frame; required by the audio-visual model (see
+    `video_io.silent_wave` for a video without sound).
+    `times`: (N,) presentation times in seconds from the first frame (a
+    variable-rate video's `FrameTiming.times`); a clip's audio then runs from
+    half a mean period (1/fps) before its first frame's time to half one
+    after its last frame's. None: frame f at (f-1)/fps, as in training.
     Maps come in main's order (full windows first), each frame once.
     """
     if self.uses_audio and audio is None:
@@ -262,7 +270,7 @@ class Predictor:
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
       for index, batch in enumerate(_batched(self._windows(frames),
                                              self.batch_size)):
-        inputs = self._inputs(batch, audio, float(fps), pool)
+        inputs = self._inputs(batch, audio, float(fps), times, pool)
         maps = self.sampler(self.params, self.batch_stats, inputs,
                             jax.random.fold_in(key, index))   # asynchronous
         if pending is not None:

@@ -27,10 +27,13 @@ from data_prep import synth_scene
 from diffsal_jax import audio as audio_lib
 from diffsal_jax import model as model_lib
 from diffsal_jax import model_setup
+from diffsal_jax import overlay
 from diffsal_jax import predict
 from diffsal_jax import video_io
 from diffsal_jax import video_predictor as vp
+from diffsal_jax import video_timing
 from tests import demo_run
+from tests import test_video_inputs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SIZE_HW, FPS, RATE, NUM_FRAMES = (60, 94), 25, 44100, 30
@@ -199,7 +202,8 @@ def test_frame_folder_with_wav_reads_like_the_datasets(tmp_path):
 def test_overlay_keeps_frame_count_duration_and_audio(tmp_path):
   frames = _disc_video(num_frames=12, size_hw=(33, 47))   # odd sizes
   track = video_io.AudioTrack(_tone(12)[None], RATE)
-  writer = video_io.OverlayWriter(tmp_path / "o.mp4", fractions.Fraction(FPS),
+  writer = overlay.OverlayWriter(tmp_path / "o.mp4",
+                                  video_timing.FrameTiming.constant(12, FPS),
                                   (33, 47), track)
   for frame in frames:
     writer.write(frame, np.zeros((33, 47), np.uint8), 0.6)
@@ -215,7 +219,7 @@ def test_blend_keeps_frame_where_map_is_zero():
   frame = np.full((4, 4, 3), 100, np.uint8)
   saliency = np.zeros((4, 4), np.uint8)
   saliency[0, 0] = 255
-  out = video_io.blend_heatmap(frame, saliency, 0.6)
+  out = overlay.blend_heatmap(frame, saliency, 0.6)
   np.testing.assert_array_equal(out[1:], frame[1:])
   assert out[0, 0, 0] > out[0, 0, 2]   # the maximum is drawn red
 
@@ -286,6 +290,49 @@ def test_av_model_uses_the_audio_and_falls_back_to_silence(
   assert outs["silent"].shape == (9, *av_predictor.config.model.image_size)
   assert np.isfinite(outs["silent"]).all() and np.isfinite(outs["loud"]).all()
   assert not np.allclose(outs["silent"], outs["loud"])   # audio is used
+
+
+def test_rotated_vfr_late_audio_phone_video(tmp_path, av_predictor):
+  """A portrait phone clip (display matrix 90 degrees clockwise), frames at
+  irregular times, audio starting 0.5 s late with one click 0.55 s into it:
+  upright maps at the displayed size, an overlay as long as the input, and the
+  click (1.05 s after the first frame) under frame 7, shown at 1.0 s (frame
+  6 at 0.9 s, frame 8 at 1.5 s); k/fps timing would have put it under 6."""
+  path = test_video_inputs.write_video(
+      tmp_path / "phone.mp4", test_video_inputs.VFR_TIMES, rotation=-90,
+      audio_start=0.5, click=0.55)
+  source = video_io.VideoFile(path)
+  options = predict.OutputOptions(overlay=True, npz=True, progress=False)
+  summary = predict.predict_source(av_predictor, source, tmp_path / "out",
+                                   options)
+  assert summary["frames"] == 10 and summary["vfr"]
+  assert summary["size_hw"] == [64, 48]
+  assert summary["duration"] == pytest.approx(2.08)
+  assert len(summary["corrections"]) == 3   # VFR, rotation, late audio
+  for k in range(1, 11):
+    with Image.open(tmp_path / "out" / predict.MAPS_DIR / f"{k:05d}.png") as m:
+      assert (m.height, m.width) == (64, 48)
+  written = video_io.probe(tmp_path / "out" / predict.OVERLAY)
+  assert written["frames"] == 10 and written["size_hw"] == (64, 48)
+  assert abs(written["span"] - source.timing.duration) < 0.04   # one frame
+  # The container lasts as long as its longest stream (here the audio).
+  assert abs(written["duration"] - video_io.probe(path)["duration"]) < 0.04
+  # The frame whose audio window (predictor timing) holds the click.
+  wave, rate = source.audio().model_wave()
+  click = int(np.argmax(np.abs(wave)))
+  assert click == int(1.05 * rate)
+
+  def holding(times):
+    return [k + 1 for k, t in enumerate(times) if audio_lib.time_sample_bounds(
+        t, rate, source.fps, wave.size)[0] <= click <=
+            audio_lib.time_sample_bounds(t, rate, source.fps, wave.size)[1]]
+
+  assert holding(source.timing.times) == [7]
+  assert holding(np.arange(10) / float(source.fps)) == [6]   # k/fps: wrong
+  # The overlay's sound has the click 1.05 s after its first frame too.
+  overlay_track = video_io.VideoFile(tmp_path / "out" /
+                                     predict.OVERLAY).audio()
+  assert abs(int(np.argmax(np.abs(overlay_track.samples[0]))) - click) <= 32
 
 
 def test_av_maps_equal_mains_predict_mode(av_checkpoint, av_predictor,
