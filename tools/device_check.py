@@ -1,0 +1,463 @@
+r"""One-call device check: train step, sampler and loader speed of the
+published AV model on one accelerator, next to the published PyTorch model.
+
+  python3 tools/device_check.py --out=$OUT --reference=.ref/diff_sal \
+      [--budget_s=420] [--batches=4,8] [--dtypes=float32,bfloat16] \
+      [--sampling_steps=1,4] [--repeats=10] [--size=published|tiny]
+
+Sections, in order of value (each in its own process, with its own time
+guard, skipped and recorded as such when the budget runs low):
+  env                   device, memory, versions; which imports work
+  jax_train_b{B}_{dt}   our jitted train step (`diffsal_jax.benchmark`):
+                        median step, clips/s, XLA cost-analysis FLOPs and
+                        utilisation of the device's peak for that dtype,
+                        peak device memory
+  torch_train_b{B}      the published PyTorch train step (tools/
+                        published_reference.py) at the same batch, float32
+                        (TF32) and bfloat16 autocast
+  jax_sampler           our sampler's clips/s at each DDIM step count
+  loader                the grain loader's clips/s on a small synthetic
+                        release (`diffsal_jax.benchmarks.loader_speed`),
+                        against what the fastest train step consumes
+Results are rewritten atomically to OUT/device_check.json after every
+section (a killed run keeps what finished), every section's output goes to
+OUT/device_check.log, and a Markdown table is printed at the end.
+
+Why one process per section: each gets a clean peak-memory reading (XLA's
+and torch's allocators keep their pools for the life of the process), a hung
+compile or an out-of-memory error costs only its section, the budget is
+enforced by killing the process, and JAX and torch never load their CUDA
+libraries into one process. JAX keeps its defaults (preallocation, as the
+trainer runs); torch runs only after the JAX process has exited.
+
+float32 means TF32 matrix units on GPUs for both frameworks: JAX with
+`jax_default_matmul_precision='default'` (XLA's TF32 on Ampere and later),
+torch with `torch.backends.{cuda.matmul,cudnn}.allow_tf32 = True`; the
+utilisation of float32 steps is taken against the dense TF32 peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import pathlib
+import platform
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from typing import Any
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+# Dense peaks in TFLOP/s by device_kind substring (NVIDIA data sheets; H200
+# bf16 measured here at ~790 on 8192^3 matmuls). float32 runs use TF32.
+PEAK_TFLOPS = {"H200": {"bfloat16": 989.4, "float32": 494.7},
+               "H100": {"bfloat16": 989.4, "float32": 494.7},
+               "A100": {"bfloat16": 312.0, "float32": 156.0},
+               "L4": {"bfloat16": 121.0, "float32": 60.0}}
+
+# Fewest seconds worth starting a section with (a published-size compile
+# alone takes about a minute); below it the section is recorded as skipped.
+MIN_SECONDS = {"env": 10, "jax_train": 60, "torch_train": 30,
+               "jax_sampler": 60, "loader": 30}
+# The packages our import chain needs beyond the GPU image's (the wheels in .whl/).
+NEEDED_IMPORTS = ("ml_collections", "grain", "array_record", "simplejpeg",
+                  "portpicker", "av", "soundfile")
+
+
+def peak_tflops(device_kind: str, dtype: str) -> float | None:
+  return next((v[dtype] for k, v in PEAK_TFLOPS.items() if k in device_kind), None)
+
+
+# --- sections (each runs in a child process) --------------------------------
+
+def section_env(args) -> dict[str, Any]:
+  import importlib.metadata as md
+  out: dict[str, Any] = {"python": platform.python_version(),
+                         "host": platform.node(), "cpus": os.cpu_count()}
+  versions = {}
+  for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy",
+               "grain", "ml_collections", "av", "torch", "timm", "einops"):
+    try:
+      versions[name] = md.version(name)
+    except md.PackageNotFoundError:
+      versions[name] = None
+  out["versions"] = versions
+  imports = {}
+  for module in (*NEEDED_IMPORTS, "diffsal_jax.benchmark",
+                 "diffsal_jax.benchmarks.loader_speed"):
+    try:
+      importlib.import_module(module)
+      imports[module] = "ok"
+    except Exception as e:   # report every failure, not just the first
+      imports[module] = f"{type(e).__name__}: {e}"
+  out["imports"] = imports
+  import jax
+  device = jax.devices()[0]
+  stats = device.memory_stats() or {}
+  out.update(device_kind=device.device_kind, platform=device.platform,
+             device_count=jax.device_count(),
+             device_memory_gb=stats.get("bytes_limit", 0) / 2 ** 30 or None,
+             matmul_precision=str(getattr(jax.config, "jax_default_matmul_precision",
+                                          "n/a")))
+  try:
+    smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version,"
+                          "clocks.max.sm", "--format=csv,noheader"],
+                         capture_output=True, text=True, timeout=20)
+    out["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()
+  except (OSError, subprocess.TimeoutExpired) as e:
+    out["nvidia_smi"] = f"n/a ({e})"
+  return out
+
+
+def _benchmark_flags(args, batch: int, dtype: str, steps=("1",)):
+  """Parses `diffsal_jax.benchmark`'s flags so its functions can be reused."""
+  from diffsal_jax import benchmark as bench
+  import jax
+  kind = jax.devices()[0].device_kind
+  argv = ["device_check", f"--config={REPO / 'configs' / 'av_finetune.py'}",
+          f"--size={args.size}", "--variant=av", f"--batch={batch}",
+          f"--repeats={args.repeats}", f"--dtype={dtype}", "--noloader",
+          f"--sampling_steps={','.join(steps)}", "--json=/dev/null"]
+  peak = peak_tflops(kind, dtype)
+  if peak:
+    argv.append(f"--peak_tflops={peak}")
+  bench.FLAGS(argv)
+  return bench
+
+
+def _build(bench):
+  import numpy as np
+  from diffsal_jax import model as model_lib
+  from diffsal_jax import train_state as ts
+  config = bench.benchmark_config(bench.FLAGS.config)
+  for override in filter(None, bench_overrides):
+    key, value = override.split("=", 1)
+    node = config.model
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = type(node[leaf])(json.loads(value)) if not isinstance(
+        node[leaf], str) else value
+  started = time.perf_counter()
+  model = model_lib.build_model(config.model, seed=config.seed)
+  model_def, params, batch_stats = ts.split_model(model, True)
+  build_s = time.perf_counter() - started
+  batch = bench.random_batch(config, np.random.default_rng(0))
+  return config, model_def, params, batch_stats, ts.make_mesh(1), batch, build_s
+
+
+bench_overrides: list[str] = []
+
+
+def section_jax_train(args, batch: int, dtype: str) -> dict[str, Any]:
+  bench = _benchmark_flags(args, batch, dtype)
+  config, model_def, params, batch_stats, mesh, data, build_s = _build(bench)
+  result, _, _ = bench.bench_train(model_def, params, batch_stats, config, mesh, data)
+  m = config.model
+  result.update(batch=batch, dtype=dtype, build_s=build_s,
+                clip=f"{m.clip_len}x{m.image_size[0]}x{m.image_size[1]}",
+                params=bench.count_params(params, tuple(config.frozen_subtrees)),
+                clips_per_s=batch / result["median_s"],
+                device_peak_gb=bench.device_peak_gb())
+  return result
+
+
+def section_jax_sampler(args, batch: int, dtype: str) -> dict[str, Any]:
+  bench = _benchmark_flags(args, batch, dtype, tuple(args.sampling_steps))
+  config, model_def, params, batch_stats, mesh, data, build_s = _build(bench)
+  runs = []
+  for steps in args.sampling_steps:
+    r = bench.bench_sampler(model_def, params, batch_stats, config, mesh, data, int(steps))
+    r["clips_per_s"] = batch / r["median_s"]
+    runs.append(r)
+  return {"batch": batch, "dtype": dtype, "build_s": build_s, "runs": runs,
+          "device_peak_gb": bench.device_peak_gb()}
+
+
+def section_torch_train(args, batch: int) -> dict[str, Any]:
+  try:
+    import torch
+  except ImportError as e:
+    return {"skipped": f"torch is not importable here ({e}); the published "
+                       "PyTorch step needs a torch with CUDA"}
+  sys.path.insert(0, str(REPO / "tools"))
+  import published_reference as pr
+  cuda = torch.cuda.is_available()
+  torch.backends.cuda.matmul.allow_tf32 = True   # float32 = TF32, as JAX's default
+  torch.backends.cudnn.allow_tf32 = True
+  torch.backends.cudnn.benchmark = True
+  started = time.perf_counter()
+  ref = pr.load_reference(args.reference)
+  out: dict[str, Any] = {"build_s": time.perf_counter() - started,
+                         "params_m": ref["params_m"], "torch": torch.__version__,
+                         "device": torch.cuda.get_device_name() if cuda else "cpu",
+                         "tf32": True, "runs": []}
+  for dtype in args.dtypes:
+    try:
+      # Always the published shape (16x224x384, 9 audio patches): the
+      # published model is built at its own size whatever --size says.
+      r = pr.time_train_step(ref, batch=batch, dtype=dtype, repeats=args.repeats,
+                             device="cuda" if cuda else "cpu")
+      peak = peak_tflops(out["device"], dtype)
+      r["peak_tflops"] = peak
+      r["utilisation"] = r["achieved_tflops"] / peak if peak and r["achieved_tflops"] else None
+    except Exception as e:   # e.g. out of memory at bf16 or b8: keep the other
+      r = {"batch": batch, "dtype": dtype, "error": f"{type(e).__name__}: {e}"}
+      if cuda:
+        torch.cuda.empty_cache()
+    out["runs"].append(r)
+  return out
+
+
+def section_loader(args) -> dict[str, Any]:
+  import tempfile
+  from diffsal_jax.benchmarks import loader_speed
+  from diffsal_jax.models import config as model_config
+  m = (model_config.published_model_config("av") if args.size == "published"
+       else model_config.tiny_model_config("av"))
+  raw = (360, 640) if args.size == "published" else (m.image_size[0] + 8, m.image_size[1] + 16)
+  with tempfile.TemporaryDirectory() as workdir:
+    report = loader_speed.main([
+        "--layout=av", "--videos=2", f"--frames={max(3 * m.clip_len, 24)}",
+        f"--clip_len={m.clip_len}", f"--height={m.image_size[0]}",
+        f"--width={m.image_size[1]}", f"--raw_height={raw[0]}", f"--raw_width={raw[1]}",
+        f"--workers={args.loader_workers}", "--batch_size=4",
+        f"--batches={args.loader_batches}", "--variants=jpeg_uint8",
+        f"--modes={args.loader_modes}", f"--workdir={workdir}",
+        f"--json={os.path.join(workdir, 'loader.json')}"])
+  return {"workers": args.loader_workers, "clip": f"{m.clip_len}x{m.image_size[0]}x"
+          f"{m.image_size[1]}", "raw": f"{raw[0]}x{raw[1]}",
+          "clips_per_s": report["clips_per_s"]}
+
+
+def run_section(args) -> None:
+  """Child process: runs one section, writes its result to --section_out."""
+  name, parts = args.section, args.section.split("_")
+  global bench_overrides
+  bench_overrides = args.model_override
+  if name == "env":
+    result = section_env(args)
+  elif name.startswith("jax_train_b"):
+    result = section_jax_train(args, int(parts[2][1:]), parts[3])
+  elif name.startswith("torch_train_b"):
+    result = section_torch_train(args, int(parts[2][1:]))
+  elif name == "jax_sampler":
+    result = section_jax_sampler(args, args.batches[0], args.sampler_dtype)
+  elif name == "loader":
+    result = section_loader(args)
+  else:
+    raise ValueError(f"unknown section {name!r}")
+  tmp = pathlib.Path(args.section_out + ".tmp")
+  tmp.write_text(json.dumps(result, default=str))
+  os.replace(tmp, args.section_out)
+
+
+# --- driver ------------------------------------------------------------------
+
+def plan(args) -> list[str]:
+  names = ["env"]
+  for b in args.batches:
+    names += [f"jax_train_b{b}_{dt}" for dt in args.dtypes]
+    if args.reference:
+      names.append(f"torch_train_b{b}")
+  names += ["jax_sampler", "loader"]
+  return [n for n in names if not args.skip or not any(n.startswith(s) for s in args.skip)]
+
+
+def _kind(name: str) -> str:
+  return next(k for k in MIN_SECONDS if name.startswith(k))
+
+
+def _write_json(path: pathlib.Path, data: dict) -> None:
+  tmp = path.with_suffix(".json.tmp")
+  tmp.write_text(json.dumps(data, indent=1, default=str))
+  os.replace(tmp, path)
+
+
+def _child_argv(args, name: str, result_path: pathlib.Path) -> list[str]:
+  python = args.torch_python if name.startswith("torch") and args.torch_python else sys.executable
+  argv = [python, str(pathlib.Path(__file__).resolve()), f"--section={name}",
+          f"--section_out={result_path}", f"--size={args.size}",
+          f"--batches={','.join(map(str, args.batches))}",
+          f"--dtypes={','.join(args.dtypes)}", f"--repeats={args.repeats}",
+          f"--sampling_steps={','.join(args.sampling_steps)}",
+          f"--sampler_dtype={args.sampler_dtype}",
+          f"--loader_workers={args.loader_workers}",
+          f"--loader_batches={args.loader_batches}",
+          f"--loader_modes={args.loader_modes}",
+          f"--reference={args.reference or ''}"]
+  return argv + [f"--model_override={o}" for o in args.model_override]
+
+
+def drive(args) -> dict[str, Any]:
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  json_path, log_path = out / "device_check.json", out / "device_check.log"
+  started = time.monotonic()
+  report: dict[str, Any] = {"args": vars(args), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                            "sections": {}}
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      filter(None, [os.environ.get("PYTHONPATH"), str(REPO)])), PYTHONUNBUFFERED="1")
+  with open(log_path, "a") as log:
+    for name in plan(args):
+      left = args.budget_s - (time.monotonic() - started)
+      if left < MIN_SECONDS[_kind(name)]:
+        result = {"skipped": f"budget: {left:.0f} s left of --budget_s={args.budget_s}, "
+                             f"the section needs at least {MIN_SECONDS[_kind(name)]} s"}
+      else:
+        result_path = out / f".{name}.json"
+        log.write(f"\n===== {name} (budget left {left:.0f} s)\n")
+        log.flush()
+        t0 = time.monotonic()
+        proc = subprocess.Popen(_child_argv(args, name, result_path), stdout=log,
+                                stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                                start_new_session=True)
+        try:
+          rc = proc.wait(timeout=left)
+        except subprocess.TimeoutExpired:
+          os.killpg(proc.pid, signal.SIGKILL)   # its own session: our child only
+          proc.wait()
+          rc = None
+        elapsed = time.monotonic() - t0
+        if result_path.is_file():
+          result = json.loads(result_path.read_text())
+          result_path.unlink()
+        elif rc is None:
+          result = {"error": f"killed at the budget after {elapsed:.0f} s"}
+        else:
+          result = {"error": f"exit code {rc}; see {log_path} (last lines: "
+                             f"{_tail(log_path)})"}
+        result["section_s"] = elapsed
+      report["sections"][name] = result
+      report["elapsed_s"] = time.monotonic() - started
+      _write_json(json_path, report)
+      print(f"[{report['elapsed_s']:5.0f} s] {name}: {_status(result)}", flush=True)
+  report["markdown"] = markdown(report)
+  _write_json(json_path, report)
+  print(report["markdown"])
+  return report
+
+
+def _tail(path: pathlib.Path, lines: int = 3) -> str:
+  text = path.read_text(errors="replace").strip().splitlines()
+  return " | ".join(text[-lines:])[-600:]
+
+
+def _status(r: dict) -> str:
+  if "skipped" in r:
+    return f"skipped ({r['skipped']})"
+  if "error" in r:
+    return f"FAILED ({r['error'][:300]})"
+  return "ok"
+
+
+def _f(value, spec: str = ".3f") -> str:
+  return "n/a" if value is None else f"{value:{spec}}"
+
+
+def markdown(report: dict) -> str:
+  s = report["sections"]
+  lines = []
+  env = s.get("env", {})
+  if "device_kind" in env:
+    bad = {k: v for k, v in env["imports"].items() if v != "ok"}
+    lines.append(f"device: {env['device_kind']} ({env['platform']}, "
+                 f"{_f(env['device_memory_gb'], '.1f')} GiB), jax "
+                 f"{env['versions']['jax']}, torch {env['versions']['torch']}, "
+                 f"{env['cpus']} CPUs; failed imports: {bad or 'none'}")
+  lines += ["", "| section | batch | dtype | step s (median) | clips/s | TFLOP/s | "
+            "utilisation | peak mem GiB | compile s |", "|---|---|---|---|---|---|---|---|---|"]
+  best = None
+  for name, r in s.items():
+    if name.startswith("jax_train") and "median_s" in r:
+      best = max(best or 0, r["clips_per_s"])
+      lines.append(f"| ours {name} | {r['batch']} | {r['dtype']} | {r['median_s']:.4f} | "
+                   f"{r['clips_per_s']:.2f} | {_f(r['achieved_tflops'], '.1f')} | "
+                   f"{_f(r['utilisation'] and 100 * r['utilisation'], '.1f')} % | "
+                   f"{_f(r['device_peak_gb'], '.2f')} | {r['compile_s']:.1f} |")
+    elif name.startswith("torch_train") and "runs" in r:
+      for run in r["runs"]:
+        if "error" in run:
+          lines.append(f"| published {name} | {run['batch']} | {run['dtype']} | "
+                       f"FAILED: {run['error'][:120]} | | | | | |")
+          continue
+        u = run.get("utilisation")
+        lines.append(f"| published {name} | {run['batch']} | {run['dtype']} | "
+                     f"{run['median_s']:.4f} | {run['clips_per_s']:.2f} | "
+                     f"{_f(run['achieved_tflops'], '.1f')} | {_f(u and 100 * u, '.1f')} % | "
+                     f"{_f(run['device_peak_gb'], '.2f')} | warm-up {run['warmup_s']:.1f} |")
+    elif name == "jax_sampler" and "runs" in r:
+      for run in r["runs"]:
+        lines.append(f"| ours sampler {run['steps']} DDIM step(s) | {r['batch']} | "
+                     f"{r['dtype']} | {run['median_s']:.4f} | "
+                     f"{r['batch'] / run['median_s']:.2f} | | | "
+                     f"{_f(r['device_peak_gb'], '.2f')} | {run['compile_s']:.1f} |")
+    elif name == "loader" and "clips_per_s" in r:
+      for loader, rates in r["clips_per_s"].items():
+        rate = max(rates.values())
+        versus = f" = {rate / best:.2f}x the fastest step's need" if best else ""
+        lines.append(f"| loader {loader} ({r['workers']} workers, {r['clip']}) | 4 | | "
+                     f"| {rate:.2f}{versus} | | | | |")
+    if "skipped" in r or "error" in r:
+      lines.append(f"| {name} | | | {_status(r)[:200]} | | | | | |")
+  return "\n".join(lines)
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--out", default="device_check_out", help="results folder")
+  p.add_argument("--reference", default="",
+                 help="checkout of the published code (empty: no PyTorch sections)")
+  p.add_argument("--budget_s", type=float, default=420.0,
+                 help="seconds for all sections; later ones are skipped when it runs low")
+  p.add_argument("--size", choices=("published", "tiny"), default="published")
+  p.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[4, 8],
+                 help="per-device batches of the train steps (the first also for the sampler)")
+  p.add_argument("--dtypes", type=lambda s: s.split(","), default=["float32", "bfloat16"])
+  p.add_argument("--repeats", type=int, default=5, help="timed steps per measurement")
+  p.add_argument("--sampling_steps", type=lambda s: s.split(","), default=["1", "4"])
+  p.add_argument("--sampler_dtype", default="float32")
+  p.add_argument("--loader_workers", type=int, default=8)
+  p.add_argument("--loader_batches", type=int, default=10)
+  p.add_argument("--loader_modes", default="processes,threads",
+                 help="grain worker processes and/or decoding threads")
+  p.add_argument("--skip", type=lambda s: [x for x in s.split(",") if x], default=[],
+                 help="section name prefixes to leave out, e.g. loader,jax_sampler")
+  p.add_argument("--model_override", action="append", default=[],
+                 help="KEY=VALUE on config.model, e.g. mvit.remat=false (repeatable)")
+  p.add_argument("--torch_python", default="",
+                 help="python for the PyTorch sections (default: this one)")
+  p.add_argument("--section", default="", help=argparse.SUPPRESS)
+  p.add_argument("--section_out", default="", help=argparse.SUPPRESS)
+  args = p.parse_args(argv)
+  bad = [d for d in args.dtypes if d not in ("float32", "bfloat16")]
+  if bad:
+    p.error(f"--dtypes: {bad} not in float32,bfloat16")
+  if args.reference and not args.section and not pathlib.Path(args.reference).is_dir():
+    p.error(f"--reference={args.reference}: no such folder; export the published code "
+            "there (git archive HEAD | tar -x -C DIR) or pass --reference= to skip torch")
+  return args
+
+
+def main(argv=None) -> dict | None:
+  args = parse_args(argv)
+  if args.section:
+    try:
+      run_section(args)
+    except Exception as e:   # recorded in the JSON; the traceback goes to the log
+      traceback.print_exc()
+      pathlib.Path(args.section_out).write_text(json.dumps(
+          {"error": f"{type(e).__name__}: {e}"[:2000]}))
+      sys.exit(1)
+    return None
+  return drive(args)
+
+
+if __name__ == "__main__":
+  main()
