@@ -369,8 +369,12 @@ def test_av_maps_equal_mains_predict_mode(av_checkpoint, av_predictor,
     mine = ours[frame].astype(np.float64)
     expected = np.asarray(Image.open(out_dir / "avad" / "clip_00" /
                                      f"{frame:05d}.png"), np.float64)
-    np.testing.assert_array_equal(np.round(mine / mine.max() * 255), expected,
-                                  err_msg=f"frame {frame}")
+    # Two compiled paths (batch shapes differ) round differently in the last
+    # float32 bit, which can move a value across a .5 grey-level boundary
+    # (one pixel of 2048 on an Intel Xeon): one level, on a few pixels.
+    ours_8bit = np.round(mine / mine.max() * 255)
+    np.testing.assert_allclose(ours_8bit, expected, atol=1, err_msg=f"frame {frame}")
+    assert np.mean(ours_8bit != expected) < 0.01, f"frame {frame}"
     compared += 1
   assert compared >= 6
 
@@ -469,5 +473,9 @@ def test_maps_equal_mains_predict_mode(trained_workdir, cli_outputs, demo_mp4,
     frame = int(png.stem)
     mine = ours[frame - 1].astype(np.float64)
     expected = np.asarray(Image.open(png), np.float64)
-    np.testing.assert_array_equal(np.round(mine / mine.max() * 255), expected,
-                                  err_msg=f"frame {frame}")
+    # Two compiled paths (batch shapes differ) round differently in the last
+    # float32 bit, which can move a value across a .5 grey-level boundary
+    # (one pixel of 2048 on an Intel Xeon): one level, on a few pixels.
+    ours_8bit = np.round(mine / mine.max() * 255)
+    np.testing.assert_allclose(ours_8bit, expected, atol=1, err_msg=f"frame {frame}")
+    assert np.mean(ours_8bit != expected) < 0.01, f"frame {frame}"
