@@ -186,12 +186,13 @@ def _init_worker(source, predictions, options, pools) -> None:
                  pools=pools)
 
 
-def _read_fixations(job) -> tuple[str, dict[int, FrameFixations]]:
+def _read_fixations(job) -> tuple[str, dict[int, FrameFixations], str]:
+  """(video, frame -> fixations, the source's frame-count note)."""
   source, video = job
   return video, {
       frame: (fix.shape, np.flatnonzero(fix).astype(np.int32))
       for frame in source.frame_ids(video)
-      for fix in [source.read_fixations(video, frame)]}
+      for fix in [source.read_fixations(video, frame)]}, source.frame_count_note(video)
 
 
 def _score_video(job: _VideoJob) -> tuple[_VideoJob, np.ndarray]:
@@ -257,7 +258,9 @@ def evaluate(source: saliency_io.GroundTruthSource,
   scores depend only on its own frames and on the fold's annotated videos
   (the sAUC pool), never on which videos are predicted or picked with
   `videos`. Returns the report dict of `evaluation_report` (NaN where a mean
-  is undefined), with annotated frames that have no prediction counted.
+  is undefined), with annotated frames that have no prediction counted and,
+  in `frame_count_notes`, the scored videos whose release sources disagreed
+  on the frame count by a frame or two (cut to the frames all of them have).
   """
   by_fold = dict(predictions)
   annotated_videos = {fold: source.videos(fold) for fold, _ in predictions}
@@ -271,9 +274,11 @@ def evaluate(source: saliency_io.GroundTruthSource,
   pooled = options.sauc_other == "dhf1k"
   needed = sorted({v for fold in selected for v in (
       annotated_videos[fold] if pooled else selected[fold])})
-  fixations = dict(_run(_read_fixations, [(source, v) for v in needed],
-                        workers, "reading fixations", progress, len(needed),
-                        lambda _: 1))
+  read = _run(_read_fixations, [(source, v) for v in needed], workers,
+              "reading fixations", progress, len(needed), lambda _: 1)
+  fixations = {video: frames for video, frames, _ in read}
+  scored = {v for names in selected.values() for v in names}
+  notes = {video: note for video, _, note in read if note and video in scored}
   jobs, pools, unmatched = [], {}, 0
   for fold, names in selected.items():
     pool, pool_start = [], {}
@@ -298,7 +303,8 @@ def evaluate(source: saliency_io.GroundTruthSource,
                     for fold, names in missing.items()}
   report = evaluation_report.summarise(results, missing_frames)
   report.update(dataset=source.dataset, options=dataclasses.asdict(options),
-                unmatched_prediction_frames=unmatched)
+                unmatched_prediction_frames=unmatched,
+                frame_count_notes=dict(sorted(notes.items())))
   return report
 
 

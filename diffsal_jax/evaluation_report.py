@@ -148,6 +148,12 @@ def warn_about(report: dict) -> None:
             f"frames have no prediction and were not scored (videos with "
             f"some frames missing: {partial[:5]}); check --pred",
             file=sys.stderr)
+  notes = report["frame_count_notes"]
+  if notes:
+    video, note = next(iter(notes.items()))
+    print(f"warning: {len(notes)} videos' ground truth was cut to the frames "
+          f"every source of the release has (e.g. {video}: {note}); see "
+          "frame_count_notes in the JSON report", file=sys.stderr)
   if report["unmatched_prediction_frames"]:
     print(f"warning: {report['unmatched_prediction_frames']} prediction frames"
           " have no ground truth and were skipped", file=sys.stderr)

@@ -83,6 +83,13 @@ class GroundTruthSource(abc.ABC):
   def read_fixations(self, video: str, frame_id: int) -> np.ndarray:
     """Binary fixation map, bool, shape (H, W)."""
 
+  def frame_count_note(self, video: str) -> str:
+    """'' when the release's sources agree on `video`'s frame count, else
+    how `frame_ids` cut them to the frames all of them have (a frame or two
+    apart: `release_files.reconcile_frame_counts`)."""
+    del video
+    return ""
+
 
 def _require_dir(path: pathlib.Path, what: str) -> pathlib.Path:
   if not path.is_dir():
@@ -90,13 +97,31 @@ def _require_dir(path: pathlib.Path, what: str) -> pathlib.Path:
   return path
 
 
-def _frames_kept(where: str, counts: dict[str, int]) -> int:
-  """Frames 1..N of a video by the converter's rule (`release_files`); a
-  difference within the sync slack is corrected and logged."""
-  kept, note = release_files.reconcile_frame_counts(counts, where)
-  if note:
-    logging.getLogger(__name__).warning("%s: %s", where, note)
-  return kept
+class _RawSource(GroundTruthSource):
+  """A release on disk: frame ids by the converter's rule, cached per video
+  with the note saying what was cut."""
+
+  def __init__(self):
+    self._files = _NumberedFiles()
+    self._frame_ids: dict[str, list[int]] = {}
+    self._notes: dict[str, str] = {}
+
+  @abc.abstractmethod
+  def _frame_counts(self, video: str) -> tuple[str, dict[str, int]]:
+    """(folder to name in errors, source label -> its number of frames)."""
+
+  def frame_ids(self, video: str) -> list[int]:
+    if video not in self._frame_ids:
+      where, counts = self._frame_counts(video)
+      kept, self._notes[video] = release_files.reconcile_frame_counts(counts, where)
+      if self._notes[video]:
+        logging.getLogger(__name__).info("%s: %s", where, self._notes[video])
+      self._frame_ids[video] = list(range(1, kept + 1))
+    return self._frame_ids[video]
+
+  def frame_count_note(self, video: str) -> str:
+    self.frame_ids(video)
+    return self._notes[video]
 
 
 class _NumberedFiles:
@@ -115,7 +140,7 @@ class _NumberedFiles:
     return {"_cache": {}}
 
 
-class Dhf1kRawSource(GroundTruthSource):
+class Dhf1kRawSource(_RawSource):
   """DHF1K release: annotation/NNNN/{maps,fixation}/NNNN.png.
 
   Folder and file numbers may have any zero padding (videos are named
@@ -127,14 +152,13 @@ class Dhf1kRawSource(GroundTruthSource):
   dataset = "dhf1k"
 
   def __init__(self, root: str | pathlib.Path):
+    super().__init__()
     self.root = pathlib.Path(root)
     self.annotation = _require_dir(
         self.root / "annotation",
         "--data must be the DHF1K root that holds annotation/NNNN/maps")
     self._folders = {f"{n:04d}": path for n, path in
                      layouts.numbered_subdirs(self.annotation).items()}
-    self._files = _NumberedFiles()
-    self._frame_ids: dict[str, list[int]] = {}
 
   def videos(self, fold: int | None) -> list[str]:
     if fold is not None:
@@ -156,16 +180,14 @@ class Dhf1kRawSource(GroundTruthSource):
     frames = layouts.numbered_subdirs(self.root / "frames").get(number)
     return {"frames": self._files(frames, "{:d}.png").count} if frames else {}
 
-  def frame_ids(self, video: str) -> list[int]:
-    if video not in self._frame_ids:
-      folder = self._folder(video)
-      maps = _require_dir(folder / "maps", f"DHF1K video {video} has no maps folder")
-      counts = {"maps": self._files(maps, "{:04d}.png").count}
-      if (folder / "fixation").is_dir():
-        counts["fixation files"] = self._files(folder / "fixation", "{:04d}.png").count
-      counts.update(self._video_frame_count(int(folder.name)))
-      self._frame_ids[video] = list(range(1, _frames_kept(str(folder), counts) + 1))
-    return self._frame_ids[video]
+  def _frame_counts(self, video: str) -> tuple[str, dict[str, int]]:
+    folder = self._folder(video)
+    maps = _require_dir(folder / "maps", f"DHF1K video {video} has no maps folder")
+    counts = {"maps": self._files(maps, "{:04d}.png").count}
+    if (folder / "fixation").is_dir():
+      counts["fixation files"] = self._files(folder / "fixation", "{:04d}.png").count
+    counts.update(self._video_frame_count(int(folder.name)))
+    return str(folder), counts
 
   def read_map(self, video: str, frame_id: int) -> np.ndarray:
     return read_grey(self._files(self._folder(video) / "maps", "{:04d}.png").path(frame_id))
@@ -185,7 +207,7 @@ def read_fold_list(path: pathlib.Path) -> dict[str, int]:
   return {name: nframes for name, nframes, _ in entries}
 
 
-class StavisRawSource(GroundTruthSource):
+class StavisRawSource(_RawSource):
   """Audio-visual sets as packaged by STAViS.
 
   annotations/<DS>/<vid>/maps/eyeMap_%05d.jpg, annotations/<DS>/<vid>/
@@ -200,6 +222,7 @@ class StavisRawSource(GroundTruthSource):
     if dataset not in AV_FOLDERS:
       raise ValueError(f"unknown audio-visual dataset {dataset!r}; "
                        f"choose from {sorted(AV_FOLDERS)}")
+    super().__init__()
     self.dataset = dataset
     self.folder = AV_FOLDERS[dataset]
     self.root = pathlib.Path(root)
@@ -207,8 +230,6 @@ class StavisRawSource(GroundTruthSource):
         self.root / "annotations" / self.folder,
         f"--data must be the STAViS data root holding annotations/"
         f"{self.folder}")
-    self._files = _NumberedFiles()
-    self._frame_ids: dict[str, list[int]] = {}
 
   def _fold_list_path(self, fold: int, split: str = "test") -> pathlib.Path:
     name = layouts.fold_list_names(self.folder, fold)[split]
@@ -232,21 +253,18 @@ class StavisRawSource(GroundTruthSource):
       counts.update(read_fold_list(path))
     return counts
 
-  def frame_ids(self, video: str) -> list[int]:
-    if video not in self._frame_ids:
-      maps = _require_dir(self.annotation / video / "maps",
-                          f"{self.folder} video {video} has no maps folder")
-      counts = {"maps": self._files(maps, "eyeMap_{:05d}.jpg").count,
-                "fixation files": self._files(self.annotation / video,
-                                              "fixMap_{:05d}.mat").count}
-      frames = self.root / "video_frames" / self.folder / video
-      if frames.is_dir():
-        counts["frames"] = self._files(frames, "img_{:05d}.jpg").count
-      if video in self._listed_frames:
-        counts["in the fold list"] = self._listed_frames[video]
-      kept = _frames_kept(str(self.annotation / video), counts)
-      self._frame_ids[video] = list(range(1, kept + 1))
-    return self._frame_ids[video]
+  def _frame_counts(self, video: str) -> tuple[str, dict[str, int]]:
+    maps = _require_dir(self.annotation / video / "maps",
+                        f"{self.folder} video {video} has no maps folder")
+    counts = {"maps": self._files(maps, "eyeMap_{:05d}.jpg").count,
+              "fixation files": self._files(self.annotation / video,
+                                            "fixMap_{:05d}.mat").count}
+    frames = self.root / "video_frames" / self.folder / video
+    if frames.is_dir():
+      counts["frames"] = self._files(frames, "img_{:05d}.jpg").count
+    if video in self._listed_frames:
+      counts["in the fold list"] = self._listed_frames[video]
+    return str(self.annotation / video), counts
 
   def read_map(self, video: str, frame_id: int) -> np.ndarray:
     maps = self.annotation / video / "maps"

@@ -101,6 +101,13 @@ class ShardGroundTruth(saliency_io.GroundTruthSource):
     entry = self._manifest.videos[self._entry_index(video)]
     return list(range(1, entry.num_frames + 1))
 
+  def frame_count_note(self, video: str) -> str:
+    # The converter's note for the same cut (kind `frame_count_adjusted`).
+    key = self._manifest.videos[self._entry_index(video)].key
+    return "; ".join(issue["detail"] for issue in self._manifest.issues
+                     if issue["kind"] == "frame_count_adjusted"
+                     and issue["video"] == key)
+
   def _ground_truth(self, video: str, frame_id: int) -> shards.GroundTruth:
     index = self._entry_index(video)
     num_frames = self._manifest.videos[index].num_frames

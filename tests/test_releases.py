@@ -220,6 +220,12 @@ def test_stavis_release_as_shipped_scores_the_same_raw_and_converted(tmp_path):
   from_raw = _scores(tmp_path, "raw_link", "avad", *folds)
   from_shards = _scores(tmp_path, "shards", "avad", *folds)
   assert json.dumps(from_shards, sort_keys=True) == json.dumps(from_raw, sort_keys=True)
+  for data in ("raw_link", "shards"):   # the cut is reported, not only logged
+    notes = json.loads((tmp_path / f"metrics_{data}_avad.json").read_text())[
+        "frame_count_notes"]
+    assert sorted(notes) == ["clip_01", "clip_02"], data
+    assert "5 in the fold list" in notes["clip_01"] and "kept frames 1..5" in notes["clip_01"]
+    assert "7 in the fold list" in notes["clip_02"] and "kept frames 1..6" in notes["clip_02"]
   assert from_raw["folds"]["2"]["videos"]["clip_01"]["n_frames"] == 5
   assert from_raw["overall"]["n_frames"] == 6 + 5 + 6
 
@@ -254,7 +260,11 @@ def test_dhf1k_avi_and_maps_a_frame_apart(tmp_path):
   [note] = manifest.issues
   assert note["kind"] == "frame_count_adjusted" and not note["fatal"]
   assert "6 decoded AVI frames, 5 maps, 5 fixation files" in note["detail"]
-  assert saliency_io.Dhf1kRawSource(raw).frame_ids("0001") == [1, 2, 3, 4, 5]
+  raw_source = saliency_io.Dhf1kRawSource(raw)
+  assert raw_source.frame_ids("0001") == [1, 2, 3, 4, 5]
+  assert raw_source.frame_count_note("0001") == (
+      "5 maps, 5 fixation files, 6 decoded AVI frames: kept frames 1..5, which all have")
+  assert raw_source.frame_count_note("0002") == ""
   assert saliency_io.open_raw_source(tmp_path / "out", "dhf1k").frame_ids("0001") == [
       1, 2, 3, 4, 5]
 
