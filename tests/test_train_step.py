@@ -48,7 +48,8 @@ def av_setup():
 
 
 def _trainer(av_setup, devices: int, sharding: str):
-  """(initial state on the mesh, jitted step, state sharding)."""
+  """(initial state on the mesh, run(state, batch) placing both on the mesh
+  first, the jitted step)."""
   config, model_def, params, batch_stats, _ = av_setup
   config = config.copy_and_resolve_references()
   config.mesh_data_axis, config.param_sharding = devices, sharding
