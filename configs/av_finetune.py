@@ -21,7 +21,7 @@ scored at the end. Sources: cfgs/diffusion.yml (n_epochs_for_av_data: 4,
 optim), scripts/train_av.sh (4 GPUs x batch 4).
 """
 
-from diffsal_jax import train_config
+from diffsal_jax.training import train_config
 from diffsal_jax.models import config as model_config
 
 

@@ -14,7 +14,7 @@ model and run shrink, and `get_config` lists the two training departures.
 
 import ml_collections
 
-from diffsal_jax import train_config
+from diffsal_jax.training import train_config
 from diffsal_jax.models import config as model_config
 
 

@@ -10,7 +10,7 @@ checkpoint = max of CC + SIM + NSS on DHF1K val, which is also the reported
 split since DHF1K test maps are not public).
 """
 
-from diffsal_jax import train_config
+from diffsal_jax.training import train_config
 from diffsal_jax.models import config as model_config
 
 

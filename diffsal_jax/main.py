@@ -26,10 +26,10 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from diffsal_jax import checkpointing
-from diffsal_jax import folds
-from diffsal_jax import model_setup
-from diffsal_jax import train
+from diffsal_jax.training import checkpointing
+from diffsal_jax.training import folds
+from diffsal_jax.training import model_setup
+from diffsal_jax.training import train
 
 MODES = ("train", "evaluate", "predict", "all_folds")
 

@@ -19,7 +19,7 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-exec "${PYTHON:-python3}" -m diffsal_jax.multiprocess_check \
+exec "${PYTHON:-python3}" -m tools.multiprocess_check \
     --processes="${PROCESSES:-2}" \
     --devices_per_process="${DEVICES_PER_PROCESS:-1}" \
     --workdir="${WORKDIR:-/tmp/diffsal_multiprocess}" "$@"

@@ -13,7 +13,7 @@ import pathlib
 import ml_collections
 
 from configs import demo
-from diffsal_jax import train
+from diffsal_jax.training import train
 
 
 def shared_dir(tmp_path_factory) -> pathlib.Path:

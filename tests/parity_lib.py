@@ -7,8 +7,8 @@ import pathlib
 import jax
 import numpy as np
 
-from diffsal_jax import convert
-from diffsal_jax import model as model_lib
+from diffsal_jax.models import torch_weights
+from diffsal_jax.models import api as model_lib
 from diffsal_jax.models.config import published_model_config
 from tests import reference
 
@@ -17,7 +17,7 @@ def port_activations(variant: str, fixtures: pathlib.Path, seed: int = 0) -> dic
   """Tracked activations of the port, in the fixtures' channels-first layout."""
   cfg = published_model_config(variant)
   state = reference.reference_state_dict(fixtures / f"{variant}_state_dict_manifest.json", seed)
-  variables = convert.from_torch(state, cfg)
+  variables = torch_weights.from_torch(state, cfg)
   inputs = reference.to_channels_last(reference.reference_inputs(variant, seed))
   graphdef, _ = model_lib.abstract_variables(cfg)
 

@@ -12,10 +12,10 @@ import pathlib
 
 import ml_collections
 
-from data_prep import convert_run
-from data_prep import synth
-from data_prep import synth_scene
-from diffsal_jax import input_pipeline
+from diffsal_jax.data.prep import convert_release
+from diffsal_jax.data.synthetic import synth
+from diffsal_jax.data.synthetic import synth_scene
+from diffsal_jax.data import input_pipeline
 from diffsal_jax.models import config as model_config
 
 MODEL_HW = (64, 96)
@@ -40,7 +40,7 @@ def convert_quietly(dataset: str, src, dst, **kwargs) -> tuple[int, str]:
   """Runs the converter in-process; returns (exit status, printed text)."""
   out = io.StringIO()
   with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-    status = convert_run.convert_release(dataset, src, dst, height=MODEL_HW[0], width=MODEL_HW[1],
+    status = convert_release.convert_release(dataset, src, dst, height=MODEL_HW[0], width=MODEL_HW[1],
                                  **kwargs)
   return status, out.getvalue()
 

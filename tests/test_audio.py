@@ -1,4 +1,4 @@
-"""Tests for diffsal_jax.audio against an in-test VGGish reference front end.
+"""Tests for diffsal_jax.data.audio against an in-test VGGish reference front end.
 
 The reference below is written from torchvggish's documented algorithm
 (mel_features.py / vggish_input.py) with plain loops, independently of the
@@ -14,7 +14,7 @@ import scipy.signal
 import soundfile
 from PIL import Image
 
-from diffsal_jax import audio
+from diffsal_jax.data import audio
 
 LOG_SILENCE = math.log(0.01)
 

@@ -12,13 +12,13 @@ import shutil
 import numpy as np
 import pytest
 
-from data_prep import __main__ as data_prep_cli
-from data_prep import manifest as manifest_lib
-from data_prep import shards
-from data_prep import verify
-from diffsal_jax import evaluate
-from diffsal_jax import input_pipeline
-from diffsal_jax import saliency_io
+from diffsal_jax.data.prep import cli as data_prep_cli
+from diffsal_jax.data import manifest as manifest_lib
+from diffsal_jax.data import shards
+from diffsal_jax.data.prep import verify
+from diffsal_jax.evaluation import evaluate
+from diffsal_jax.data import input_pipeline
+from diffsal_jax.evaluation import saliency_io
 from tests import synthetic_data as sd
 
 # 20 frames: one train clip and four val clips of the tiny model's 8 frames.

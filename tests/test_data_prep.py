@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import soundfile
 
-from data_prep import image_rules
-from data_prep import layouts
-from data_prep import manifest as manifest_lib
-from data_prep import reference_loader
-from data_prep import shards
-from data_prep import synth_scene
-from diffsal_jax import audio
+from diffsal_jax.data import image_rules
+from diffsal_jax.data import layouts
+from diffsal_jax.data import manifest as manifest_lib
+from tools import reference_loader
+from diffsal_jax.data import shards
+from diffsal_jax.data.synthetic import synth_scene
+from diffsal_jax.data import audio
 from tests import synthetic_data as sd
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

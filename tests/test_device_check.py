@@ -66,7 +66,7 @@ def test_cpu_dry_run_tiny(tmp_path):
   assert list(sections) == ["env", "jax_train_b1_float32", "torch_train_b1",
                             "jax_sampler", "loader"]
   env = sections["env"]
-  assert env["platform"] == "cpu" and env["imports"]["diffsal_jax.benchmark"] == "ok"
+  assert env["platform"] == "cpu" and env["imports"]["tools.benchmarks.train_step"] == "ok"
   train = sections["jax_train_b1_float32"]
   assert train["batch"] == 1 and train["clip"] == "8x64x96"
   assert train["median_s"] > 0 and train["compile_s"] > 0 and train["flops"] > 0

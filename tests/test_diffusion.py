@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffsal_jax import diffusion
+from diffsal_jax.models import diffusion
 
 
 def test_cosine_schedule_matches_closed_form():

@@ -8,10 +8,10 @@ from PIL import Image
 import pytest
 import scipy.io
 
-from diffsal_jax import evaluate
-from diffsal_jax import evaluation_report
-from diffsal_jax import metrics
-from diffsal_jax import saliency_io
+from diffsal_jax.evaluation import evaluate
+from diffsal_jax.evaluation import report as report_lib
+from diffsal_jax.evaluation import metrics
+from diffsal_jax.evaluation import saliency_io
 
 H, W = 24, 32
 
@@ -345,14 +345,14 @@ def test_annotated_frames_without_prediction_are_counted(memory_set,
   assert fold["n_missing_frames"] == 4  # 1 of a + 3 of d.
   assert report["overall"]["n_missing_frames"] == 4
   assert "| all | 3 | 8 | 4 |" in (
-      evaluation_report.markdown_table(report))
-  paths = evaluation_report.write_reports(report, tmp_path / "out")
+      report_lib.markdown_table(report))
+  paths = report_lib.write_reports(report, tmp_path / "out")
   rows = paths[1].read_text().splitlines()
   assert rows[0].startswith("fold,video,n_frames,n_missing_frames,cc")
   assert rows[1].startswith("all,a,2,1,")
   assert "all,d,0,3,,,,,,," in rows
   assert json.loads(paths[0].read_text())["overall"]["n_missing_frames"] == 4
-  evaluation_report.warn_about(report)
+  report_lib.warn_about(report)
   assert "4 annotated frames have no prediction" in capsys.readouterr().err
 
 

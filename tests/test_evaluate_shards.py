@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from diffsal_jax import evaluate
-from diffsal_jax import saliency_io
-from diffsal_jax import shard_ground_truth
+from diffsal_jax.evaluation import evaluate
+from diffsal_jax.evaluation import saliency_io
+from diffsal_jax.evaluation import shard_ground_truth
 from tests import synthetic_data
 
 NUM_FRAMES = 6

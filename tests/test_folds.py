@@ -5,8 +5,8 @@ import json
 import pytest
 
 from configs import av_finetune
-from diffsal_jax import folds
-from diffsal_jax import train
+from diffsal_jax.training import folds
+from diffsal_jax.training import train
 
 
 def test_all_folds_trains_each_fold_fresh_and_averages(tmp_path, monkeypatch):

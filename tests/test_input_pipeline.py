@@ -1,4 +1,4 @@
-"""Tests of diffsal_jax.input_pipeline on converted synthetic releases."""
+"""Tests of diffsal_jax.data.input_pipeline on converted synthetic releases."""
 
 import collections
 import itertools
@@ -9,10 +9,10 @@ import orbax.checkpoint as ocp
 import pytest
 import threadpoolctl
 
-from data_prep import clip_sampling
-from data_prep import layouts
-from data_prep import reference_loader
-from diffsal_jax import input_pipeline as ip
+from diffsal_jax.data import clip_sampling
+from diffsal_jax.data import layouts
+from tools import reference_loader
+from diffsal_jax.data import input_pipeline as ip
 from tests import synthetic_data as sd
 
 

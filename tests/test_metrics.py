@@ -9,7 +9,7 @@ from PIL import Image
 import pytest
 import scipy.ndimage
 
-from diffsal_jax import metrics
+from diffsal_jax.evaluation import metrics
 
 NAN = float("nan")
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffsal_jax import model as model_lib
+from diffsal_jax.models import api as model_lib
 from diffsal_jax.models.config import tiny_model_config
 from diffsal_jax.models.diffsal import num_audio_patches
 

@@ -1,11 +1,11 @@
 """Two JAX processes (jax.distributed on CPU) train exactly like one.
 
-Runs `diffsal_jax.multiprocess_check`: two worker processes with one CPU
+Runs `tools.multiprocess_check`: two worker processes with one CPU
 device each, each reading its own data shard, against one process holding
 two devices fed their concatenated batches; 3 steps of the demo model.
 """
 
-from diffsal_jax import multiprocess_check
+from tools import multiprocess_check
 
 
 def test_two_processes_match_one(tmp_path):

@@ -20,18 +20,18 @@ import soundfile
 from PIL import Image
 
 from configs import demo
-from data_prep import clip_sampling
-from data_prep import convert_run
-from data_prep import synth
-from data_prep import synth_scene
-from diffsal_jax import audio as audio_lib
-from diffsal_jax import model as model_lib
-from diffsal_jax import model_setup
-from diffsal_jax import overlay
-from diffsal_jax import predict
-from diffsal_jax import video_io
-from diffsal_jax import video_predictor as vp
-from diffsal_jax import video_timing
+from diffsal_jax.data import clip_sampling
+from diffsal_jax.data.prep import convert_release
+from diffsal_jax.data.synthetic import synth
+from diffsal_jax.data.synthetic import synth_scene
+from diffsal_jax.data import audio as audio_lib
+from diffsal_jax.models import api as model_lib
+from diffsal_jax.training import model_setup
+from diffsal_jax.inference import overlay
+from diffsal_jax.inference import predict
+from diffsal_jax.inference import video_io
+from diffsal_jax.inference import video_predictor as vp
+from diffsal_jax.inference import video_timing
 from tests import demo_run
 from tests import test_video_inputs
 
@@ -344,7 +344,7 @@ def test_av_maps_equal_mains_predict_mode(av_checkpoint, av_predictor,
   raw = tmp_path / "raw"
   synth.write_av(raw, spec, ("AVAD",), videos_per_dataset=3, seed=3)
   height, width = config.model.image_size
-  assert convert_run.convert_release("av", raw, tmp_path / "shards",
+  assert convert_release.convert_release("av", raw, tmp_path / "shards",
                                      height=height, width=width,
                                      image_format="png") == 0
   config = config.copy_and_resolve_references()
@@ -459,7 +459,7 @@ def test_maps_equal_mains_predict_mode(trained_workdir, cli_outputs, demo_mp4,
     frame.save(frames_dir / f"{k}.png")
   config = demo_run.demo_config()
   height, width = config.model.image_size
-  assert convert_run.convert_release(
+  assert convert_release.convert_release(
       "dhf1k", tmp_path / "release", tmp_path / "shards", height=height,
       width=width, image_format="png") == 0
   config.synthetic_data.enabled = False

@@ -12,13 +12,13 @@ import scipy.io
 import scipy.sparse
 from PIL import Image
 
-from data_prep import image_rules
-from data_prep import layouts
-from data_prep import manifest as manifest_lib
-from data_prep import release_files
-from data_prep import shards
-from diffsal_jax import evaluate
-from diffsal_jax import saliency_io
+from diffsal_jax.data import image_rules
+from diffsal_jax.data import layouts
+from diffsal_jax.data import manifest as manifest_lib
+from diffsal_jax.data import release_files
+from diffsal_jax.data import shards
+from diffsal_jax.evaluation import evaluate
+from diffsal_jax.evaluation import saliency_io
 from tests import synthetic_data as sd
 from tests.test_evaluate_shards import _scores, _write_predictions
 

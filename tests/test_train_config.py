@@ -14,10 +14,10 @@ from ml_collections import config_flags
 from configs import av_finetune
 from configs import demo
 from configs import pretrain
-from diffsal_jax import train
-from diffsal_jax import train_config
-from diffsal_jax import train_logging
-from diffsal_jax import train_state
+from diffsal_jax.training import train
+from diffsal_jax.training import train_config
+from diffsal_jax.training import train_logging
+from diffsal_jax.training import train_state
 
 
 @pytest.fixture

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 
 from configs import demo_av
-from data_prep import synth
-from data_prep import synth_scene
-from diffsal_jax import checkpointing
-from diffsal_jax import demo_data
-from diffsal_jax import input_pipeline
-from diffsal_jax import metrics
-from diffsal_jax import model_setup
-from diffsal_jax import train
-from diffsal_jax import train_logging
+from diffsal_jax.data.synthetic import synth
+from diffsal_jax.data.synthetic import synth_scene
+from diffsal_jax.training import checkpointing
+from diffsal_jax.data.synthetic import demo_data
+from diffsal_jax.data import input_pipeline
+from diffsal_jax.evaluation import metrics
+from diffsal_jax.training import model_setup
+from diffsal_jax.training import train
+from diffsal_jax.training import train_logging
 from tests import demo_run
 
 

@@ -24,9 +24,9 @@ import pytest
 from flax import nnx
 from jax.sharding import Mesh
 
-from diffsal_jax import checkpointing
-from diffsal_jax import train_logging
-from diffsal_jax import train_state as ts
+from diffsal_jax.training import checkpointing
+from diffsal_jax.training import train_logging
+from diffsal_jax.training import train_state as ts
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 12

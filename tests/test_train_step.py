@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 from configs import demo
-from diffsal_jax import checkpointing
-from diffsal_jax import diffusion
-from diffsal_jax import model as model_lib
-from diffsal_jax import model_setup
-from diffsal_jax import train_state as ts
+from diffsal_jax.training import checkpointing
+from diffsal_jax.models import diffusion
+from diffsal_jax.models import api as model_lib
+from diffsal_jax.training import model_setup
+from diffsal_jax.training import train_state as ts
 
 STEPS = 3
 

@@ -13,11 +13,11 @@ import pytest
 import soundfile
 from PIL import Image
 
-from diffsal_jax import audio as audio_lib
-from diffsal_jax import overlay
-from diffsal_jax import predict
-from diffsal_jax import video_io
-from diffsal_jax import video_timing
+from diffsal_jax.data import audio as audio_lib
+from diffsal_jax.inference import overlay
+from diffsal_jax.inference import predict
+from diffsal_jax.inference import video_io
+from diffsal_jax.inference import video_timing
 
 WIDTH, HEIGHT, RATE = 64, 48, 16000
 MS = fractions.Fraction(1, 1000)

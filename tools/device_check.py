@@ -8,7 +8,7 @@ published AV model on one accelerator, next to the published PyTorch model.
 Sections, in order of value (each in its own process, with its own time
 guard, skipped and recorded as such when the budget runs low):
   env                   device, memory, versions; which imports work
-  jax_train_b{B}_{dt}   our jitted train step (`diffsal_jax.benchmark`):
+  jax_train_b{B}_{dt}   our jitted train step (`tools.benchmarks.train_step`):
                         median step, clips/s, XLA cost-analysis FLOPs and
                         utilisation of the device's peak for that dtype,
                         peak device memory
@@ -17,7 +17,7 @@ guard, skipped and recorded as such when the budget runs low):
                         (TF32) and bfloat16 autocast
   jax_sampler           our sampler's clips/s at each DDIM step count
   loader                the grain loader's clips/s on a small synthetic
-                        release (`diffsal_jax.benchmarks.loader_speed`),
+                        release (`tools.benchmarks.loader_speed`),
                         against what the fastest train step consumes
 Results are rewritten atomically to OUT/device_check.json after every
 section (a killed run keeps what finished), every section's output goes to
@@ -88,8 +88,8 @@ def section_env(args) -> dict[str, Any]:
       versions[name] = None
   out["versions"] = versions
   imports = {}
-  for module in (*NEEDED_IMPORTS, "diffsal_jax.benchmark",
-                 "diffsal_jax.benchmarks.loader_speed"):
+  for module in (*NEEDED_IMPORTS, "tools.benchmarks.train_step",
+                 "tools.benchmarks.loader_speed"):
     try:
       importlib.import_module(module)
       imports[module] = "ok"
@@ -115,8 +115,8 @@ def section_env(args) -> dict[str, Any]:
 
 
 def _benchmark_flags(args, batch: int, dtype: str, steps=("1",)):
-  """Parses `diffsal_jax.benchmark`'s flags so its functions can be reused."""
-  from diffsal_jax import benchmark as bench
+  """Parses `tools.benchmarks.train_step`'s flags so its functions can be reused."""
+  from tools.benchmarks import train_step as bench
   import jax
   kind = jax.devices()[0].device_kind
   argv = ["device_check", f"--config={REPO / 'configs' / 'av_finetune.py'}",
@@ -132,8 +132,8 @@ def _benchmark_flags(args, batch: int, dtype: str, steps=("1",)):
 
 def _build(bench):
   import numpy as np
-  from diffsal_jax import model as model_lib
-  from diffsal_jax import train_state as ts
+  from diffsal_jax.models import api as model_lib
+  from diffsal_jax.training import train_state as ts
   config = bench.benchmark_config(bench.FLAGS.config)
   for override in filter(None, bench_overrides):
     key, value = override.split("=", 1)
@@ -216,7 +216,7 @@ def section_torch_train(args, batch: int) -> dict[str, Any]:
 
 def section_loader(args) -> dict[str, Any]:
   import tempfile
-  from diffsal_jax.benchmarks import loader_speed
+  from tools.benchmarks import loader_speed
   from diffsal_jax.models import config as model_config
   m = (model_config.published_model_config("av") if args.size == "published"
        else model_config.tiny_model_config("av"))

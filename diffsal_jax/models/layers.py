@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from diffsal_jax.models import fused_ops
+from diffsal_jax.models import xla_cpu_ops
 
 # torch.nn.LayerNorm / BatchNorm default epsilon.
 TORCH_NORM_EPS = 1e-5
@@ -39,7 +39,7 @@ def batch_norm(dim: int, *, rngs: nnx.Rngs, dtype=None) -> nnx.BatchNorm:
 
 def gelu(x: jax.Array) -> jax.Array:
   """torch.nn.GELU(): the exact erf form, not the tanh approximation."""
-  return fused_ops.gelu(x)
+  return xla_cpu_ops.gelu(x)
 
 
 def swish(x: jax.Array) -> jax.Array:
@@ -66,7 +66,7 @@ def conv(in_ch: int, out_ch: int, kernel: Sequence[int], *, rngs: nnx.Rngs,
 
 class DepthwiseConv(nnx.Conv):
   """A depthwise `nnx.Conv` (same parameters) computed as shifted products
-  (see `fused_ops.depthwise_conv`: XLA:CPU grouped convolutions are slow)."""
+  (see `xla_cpu_ops.depthwise_conv`: XLA:CPU grouped convolutions are slow)."""
 
   def __call__(self, inputs: jax.Array) -> jax.Array:
     nd = len(self.kernel_size)
@@ -77,7 +77,7 @@ class DepthwiseConv(nnx.Conv):
     x, kernel = x.astype(dtype), kernel.astype(dtype)
     strides = (self.strides,) * nd if isinstance(self.strides, int) else tuple(
         self.strides or (1,) * nd)
-    y = fused_ops.depthwise_conv(x, kernel, strides, tuple(self.padding))
+    y = xla_cpu_ops.depthwise_conv(x, kernel, strides, tuple(self.padding))
     if self.bias is not None:
       y = y + self.bias[...].astype(y.dtype)
     return y.reshape(*batch_shape, *y.shape[1:])

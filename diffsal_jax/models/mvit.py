@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from diffsal_jax.models import fused_ops
+from diffsal_jax.models import xla_cpu_ops
 from diffsal_jax.models import layers
 
 _trunc02 = nnx.initializers.truncated_normal(stddev=0.02)
@@ -107,7 +107,7 @@ class MultiScaleAttention(nnx.Module):
     k, k_thw = self._pool(heads[1], thw, self.pool_k, self.norm_k)
     v, _ = self._pool(heads[2], thw, self.pool_v, self.norm_v)
     # The bias uses the pooled q before scaling, and skips the cls row/column.
-    out = fused_ops.attention(q * hd**-0.5, k, v,
+    out = xla_cpu_ops.attention(q * hd**-0.5, k, v,
                               self._rel_pos_bias(q, q_thw, k_thw), 1)
     out = out.at[:, :, 1:].add(q[:, :, 1:])  # residual pooling, not on cls
     out = out.transpose(0, 2, 1, 3).reshape(b, -1, self.out_dim)
@@ -206,10 +206,10 @@ class MViT(nnx.Module):
     x = jnp.concatenate([cls_tok, x], axis=1)
     outs = []
     for i, block in enumerate(self.blocks):
-      x = fused_ops.gradient_barrier(x)
+      x = xla_cpu_ops.gradient_barrier(x)
       if self.remat:
         graphdef, state = nnx.split(block)
-        x = fused_ops.recompute_in_backward(
+        x = xla_cpu_ops.recompute_in_backward(
             lambda s, v, g=graphdef, t=thw: nnx.merge(g, s)(v, t)[0])(state, x)
         thw = block.output_grid(thw)
       else:

@@ -1,1 +1,0 @@
-"""Benchmark scripts (print a table, optionally write JSON)."""

@@ -1,0 +1,1 @@
+"""Synthetic raw releases with a learnable task, and the demo configs' data."""

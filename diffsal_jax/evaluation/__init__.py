@@ -1,0 +1,1 @@
+"""Evaluation: saliency metrics, ground truth readers and the evaluation report."""

@@ -1,0 +1,1 @@
+"""Inference on user videos: reading media, predicting every frame, writing maps and overlays."""

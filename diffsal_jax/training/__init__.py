@@ -1,0 +1,1 @@
+"""Training: config, state and train step, checkpoints, validation, the training loop."""

@@ -1,0 +1,148 @@
+"""Building the model on the device mesh, loading checkpoints, scoring them.
+
+Used by the trainer and by the `evaluate` / `predict` modes of `main.py`.
+The model's structure comes from `nnx.eval_shape` (nothing allocated); a
+fresh start initialises it under `jax.jit` straight into its shardings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+from absl import logging
+from flax import nnx
+
+from diffsal_jax.training import checkpointing
+from diffsal_jax.data.synthetic import demo_data
+from diffsal_jax.models import api as model_lib
+from diffsal_jax.training import train_config
+from diffsal_jax.training import train_state as ts
+from diffsal_jax.training import validation
+
+
+# A run's resolved config, written by the trainer and read by `predict`.
+SAVED_CONFIG = "config.json"
+
+def prepare_config(config: ml_collections.ConfigDict, workdir: str
+                   ) -> ml_collections.ConfigDict:
+  """Validates `config` (fails naming the field); builds demo data if asked."""
+  train_config.validate_config(config)
+  config = ml_collections.ConfigDict(config.to_dict())
+  if config.synthetic_data.enabled:
+    config.data.shards = demo_data.ensure_synthetic_shards(config, workdir)
+  return config
+
+
+@dataclasses.dataclass
+class Model:
+  """The split model: static definition, variables (arrays or shapes), mesh."""
+  model_def: ts.ModelDef
+  params: Any
+  batch_stats: Any
+  mesh: jax.sharding.Mesh
+
+
+def _uses_audio(config: ml_collections.ConfigDict) -> bool:
+  return config.model.variant == "av"
+
+
+def abstract_model(config: ml_collections.ConfigDict) -> Model:
+  """Structure with `jax.ShapeDtypeStruct` variables."""
+  abstract = nnx.eval_shape(
+      lambda: model_lib.build_model(config.model, seed=config.seed))
+  model_def, params, batch_stats = ts.split_model(abstract, _uses_audio(config))
+  mesh = ts.make_mesh(train_config.data_parallel_size(config))
+  return Model(model_def, params, batch_stats, mesh)
+
+
+def initialised_model(config: ml_collections.ConfigDict) -> Model:
+  """Random variables (config.seed), created sharded, then `init_from`."""
+  model = abstract_model(config)
+  shardings = ts.state_sharding((model.params, model.batch_stats), model.mesh,
+                                config.param_sharding)
+
+  def init():
+    built = model_lib.build_model(config.model, seed=config.seed)
+    return ts.split_model(built, _uses_audio(config))[1:]
+
+  model.params, model.batch_stats = jax.jit(init, out_shardings=shardings)()
+  if config.init_from:
+    _load_init_from(model, config.init_from)
+  return model
+
+
+def _load_init_from(model: Model, init_from: str) -> None:
+  """Applies comma-separated checkpoints in order (strict=False semantics)."""
+  missing = None
+  for path in init_from.split(","):
+    now = set(checkpointing.load_variables_into(model.params,
+                                                model.batch_stats, path))
+    missing = now if missing is None else missing & now
+    logging.info("Initialised from %s (%d variables not in it)", path, len(now))
+  if missing:
+    logging.warning("%d variables keep their random initialisation, e.g. %s",
+                    len(missing), sorted(missing)[:5])
+
+
+def load_for_eval(model: Model, config: ml_collections.ConfigDict,
+                  checkpoint: str) -> tuple[Any, Any]:
+  """All variables from `checkpoint` (see resolve_variables_dir), on the mesh."""
+  shape_only = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)
+  params = jax.tree.map(shape_only, model.params)
+  batch_stats = jax.tree.map(shape_only, model.batch_stats)
+  missing = checkpointing.load_variables_into(params, batch_stats, checkpoint)
+  if missing:
+    raise ValueError(f"{checkpoint} lacks {len(missing)} variables of this "
+                     f"model, e.g. {missing[:5]}")
+  variables = (params, batch_stats)
+  return jax.device_put(variables, ts.state_sharding(
+      variables, model.mesh, config.param_sharding))
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str,
+                        split: str, *, model: Model | None = None,
+                        sampler: Any = None) -> dict[str, float]:
+  """CC, NSS, SIM, KLD, AUC-J and sAUC of one checkpoint on `split`."""
+  model = model or abstract_model(config)
+  sampler = sampler or validation.make_sampler(model.model_def, config,
+                                               model.mesh)
+  params, batch_stats = load_for_eval(model, config, checkpoint)
+  return validation.evaluate_split(params, batch_stats, sampler, config,
+                                   model.mesh, split, with_auc=True)
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def run_evaluate(config: ml_collections.ConfigDict, workdir: str, split: str,
+                 checkpoint: str) -> dict[str, float]:
+  """`--mode=evaluate`: scores `checkpoint`, writes <workdir>/eval_<split>.json."""
+  config = prepare_config(config, workdir)
+  results = evaluate_checkpoint(config, checkpoint, split)
+  if jax.process_index() == 0:
+    write_json_atomic(os.path.join(workdir, f"eval_{split}.json"),
+                      {"split": split, "checkpoint": checkpoint, **results})
+  return results
+
+
+def run_predict(config: ml_collections.ConfigDict, workdir: str, split: str,
+                checkpoint: str) -> str:
+  """`--mode=predict`: PNG maps under <workdir>/predictions/<split>."""
+  config = prepare_config(config, workdir)
+  model = abstract_model(config)
+  params, batch_stats = load_for_eval(model, config, checkpoint)
+  sampler = validation.make_sampler(model.model_def, config, model.mesh)
+  out_dir = os.path.join(workdir, "predictions", split)
+  count = validation.predict_split(params, batch_stats, sampler, config,
+                                   model.mesh, split, out_dir)
+  logging.info("wrote %d maps under %s", count, out_dir)
+  return out_dir

@@ -1,0 +1,1 @@
+"""Developer tools: benchmarks, the multi-process check, the GPU check, reference loaders."""
