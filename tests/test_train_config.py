@@ -130,3 +130,24 @@ def test_metrics_log_drops_records_after_the_restored_step(tmp_path):
   records = train_logging.read_metrics(str(tmp_path))
   assert [r["step"] for r in records] == [1, 2, 3, 4]
   assert records[-1]["loss"] == 0.5
+
+
+def test_init_from_list_is_validated_path_by_path(config, tmp_path,
+                                                  monkeypatch):
+  """The README's fine-tuning form `--config.init_from=A,B`."""
+  first, second = tmp_path / "vggish", tmp_path / "pretrain"
+  first.mkdir()
+  second.mkdir()
+  flag_values = _parse_config_flag(
+      ["prog", "--config=configs/av_finetune.py:fold=2",
+       f"--config.init_from={first},{second}",
+       f"--config.data.shards={tmp_path}"], monkeypatch)
+  parsed = flag_values.config
+  assert train_config.init_from_paths(parsed) == [str(first), str(second)]
+  train_config.validate_config(parsed)
+  with parsed.unlocked():
+    parsed.init_from = f"{first},{tmp_path / 'missing'}"
+  with pytest.raises(train_config.ConfigError,
+                     match=r"'[^']*missing' is not a directory") as error:
+    train_config.validate_config(parsed)
+  assert "vggish" not in str(error.value)   # only the bad path is named

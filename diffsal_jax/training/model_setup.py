@@ -72,14 +72,14 @@ def initialised_model(config: ml_collections.ConfigDict) -> Model:
 
   model.params, model.batch_stats = jax.jit(init, out_shardings=shardings)()
   if config.init_from:
-    _load_init_from(model, config.init_from)
+    _load_init_from(model, train_config.init_from_paths(config))
   return model
 
 
-def _load_init_from(model: Model, init_from: str) -> None:
-  """Applies comma-separated checkpoints in order (strict=False semantics)."""
+def _load_init_from(model: Model, paths: list[str]) -> None:
+  """Applies the checkpoints in order (strict=False semantics)."""
   missing = None
-  for path in init_from.split(","):
+  for path in paths:
     now = set(checkpointing.load_variables_into(model.params,
                                                 model.batch_stats, path))
     missing = now if missing is None else missing & now

@@ -41,7 +41,9 @@ def base_config(variant: str = "visual") -> ml_collections.ConfigDict:
   c.lr_decay_fractions = (0.5, 0.75)
   c.lr_decay_factor = 0.1
   c.frozen_subtrees = ("audio_net",)   # VGGish runs without gradient
-  c.init_from = ""                  # converted/pre-trained checkpoint dir
+  # Checkpoints applied in order before training, comma-separated (e.g. the
+  # converted VGGish, then the pre-training run); see `init_from_paths`.
+  c.init_from = ""
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.num_timesteps = 1000
   c.diffusion.per_sample_t = False  # published: one t per batch
@@ -103,6 +105,11 @@ def _unknown_keys(config: Any, schema: Any, prefix: str) -> list[str]:
   return problems
 
 
+def init_from_paths(config: ml_collections.ConfigDict) -> list[str]:
+  """`config.init_from` as a list: 'A,B' -> ['A', 'B'] ('' -> [])."""
+  return [path.strip() for path in config.init_from.split(",") if path.strip()]
+
+
 def data_parallel_size(config: ml_collections.ConfigDict) -> int:
   n = config.mesh_data_axis
   return jax.device_count() if n == -1 else n
@@ -136,8 +143,10 @@ def validate_config(config: ml_collections.ConfigDict, *,
     problems.append(f"config.data.shards={shards!r} is not a directory; "
                     "convert the data with `python -m data_prep convert ...` "
                     "and pass --config.data.shards=DIR")
-  if config.init_from and not os.path.isdir(config.init_from):
-    problems.append(f"config.init_from={config.init_from!r} is not a "
-                    "directory (a converted or trained checkpoint)")
+  for path in init_from_paths(config):
+    if not os.path.isdir(path):
+      problems.append(f"config.init_from: {path!r} is not a directory (a "
+                      "converted or trained checkpoint; several are "
+                      "separated by commas)")
   if problems:
     raise ConfigError("Invalid configuration:\n  " + "\n  ".join(problems))
