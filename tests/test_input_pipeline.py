@@ -9,6 +9,7 @@ import orbax.checkpoint as ocp
 import pytest
 import threadpoolctl
 
+from diffsal_jax.data import batch as batch_lib
 from diffsal_jax.data import clip_sampling
 from diffsal_jax.data import layouts
 from tools import reference_loader
@@ -54,14 +55,14 @@ def test_av_clip_sampling_follows_the_published_loader():
 
 
 def test_normalisation_matches_the_published_transforms():
-  assert ip.AV_MEAN == (114.7748, 107.7354, 99.475)
-  assert ip.AV_STD == (38.7568578, 37.88248729, 40.02898126)
+  assert batch_lib.AV_MEAN == (114.7748, 107.7354, 99.475)
+  assert batch_lib.AV_STD == (38.7568578, 37.88248729, 40.02898126)
   rng = np.random.default_rng(0)
   every_value = np.arange(256 * 3, dtype=np.uint8).reshape(1, 16, 16, 3)
   for frames in (every_value, rng.integers(0, 256, (2, 3, 6, 10, 3), np.uint8),
                  rng.integers(0, 256, (2, 5, 5, 3), np.uint8)):   # odd size: other path
     for family in ("dhf1k", "av"):
-      np.testing.assert_array_equal(ip.normalise(frames, family),
+      np.testing.assert_array_equal(batch_lib.normalise(frames, family),
                                     reference_loader.published_normalise(frames, family))
 
 
@@ -73,7 +74,7 @@ def _check_against_reference(config, raw, split, stored_format):
       layouts.discover(manifest.dataset, raw), sd.MODEL_HW, stored_format)
   audio_spec = None
   if config.model.variant == "av":
-    audio_spec = (ip.num_audio_patches(config.model), tuple(config.model.audio_size))
+    audio_spec = (batch_lib.num_audio_patches(config.model), tuple(config.model.audio_size))
   seen = 0
   for batch in ip.create_eval_dataset(config, split):
     for i in np.flatnonzero(batch["valid"]):
@@ -122,7 +123,7 @@ def test_uint8_images_normalise_on_device_to_the_same_values(dhf1k_shards):
   config.data.image_dtype = "uint8"
   raw = next(iter(ip.create_eval_dataset(config, "val")))
   assert raw["img"].dtype == np.uint8
-  np.testing.assert_array_equal(np.asarray(ip.normalise_on_device(raw["img"], "dhf1k")),
+  np.testing.assert_array_equal(np.asarray(batch_lib.normalise_on_device(raw["img"], "dhf1k")),
                                 floats["img"])
   np.testing.assert_array_equal(raw["map"], floats["map"])
 

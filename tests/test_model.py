@@ -7,7 +7,7 @@ import pytest
 
 from diffsal_jax.models import api as model_lib
 from diffsal_jax.models.config import tiny_model_config
-from diffsal_jax.models.diffsal import num_audio_patches
+from diffsal_jax.models.config import num_audio_patches
 
 
 def _inputs(cfg, batch=2, seed=0):

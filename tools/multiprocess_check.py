@@ -39,6 +39,7 @@ from jax.experimental import multihost_utils
 from configs import demo
 from diffsal_jax.data.synthetic import demo_data
 from diffsal_jax.models import diffusion
+from diffsal_jax.data import batch as batch_lib
 from diffsal_jax.data import input_pipeline
 from diffsal_jax.training import model_setup
 from diffsal_jax.training import train
@@ -90,7 +91,7 @@ def _global_batches(config, mesh, shards: Sequence[int], shard_count: int):
     parts = [next(it) for it in iterators]
     yield {k: jax.make_array_from_process_local_data(
         sharding, np.concatenate([p[k] for p in parts]))
-           for k in train.TRAIN_KEYS if k in parts[0]}
+           for k in batch_lib.TRAIN_KEYS if k in parts[0]}
 
 
 def _train(config, shards: Sequence[int], shard_count: int

@@ -19,7 +19,7 @@ from PIL import Image
 from diffsal_jax.data import image_rules
 from diffsal_jax.data import layouts
 from diffsal_jax.data import release_files
-from diffsal_jax.data.input_pipeline import AV_MEAN, AV_STD, IMAGENET_MEAN, IMAGENET_STD
+from diffsal_jax.data.batch import AV_MEAN, AV_STD, IMAGENET_MEAN, IMAGENET_STD
 
 
 def published_normalise(frame: np.ndarray, family: str) -> np.ndarray:

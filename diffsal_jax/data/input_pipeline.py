@@ -23,7 +23,6 @@ process yields the same number of batches.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import os
 import sys
@@ -34,15 +33,13 @@ import grain
 import ml_collections
 import numpy as np
 
+from diffsal_jax.data import batch as batch_lib
 from diffsal_jax.data import clip_sampling
 from diffsal_jax.data import image_rules
 from diffsal_jax.data import layouts
 from diffsal_jax.data import manifest as manifest_lib
 from diffsal_jax.data import shards as shards_lib
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-AV_MEAN = (114.7748, 107.7354, 99.475)
-AV_STD = (38.7568578, 37.88248729, 40.02898126)
 DATASETS = ("dhf1k", "av")
 SPLITS = ("train", "val", "test")
 _blas_controller = None   # per process, see _one_blas_thread
@@ -60,7 +57,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.val_videos_per_dataset = 1
   # 'float32': 'img' normalised on the host (the contract); 'uint8': raw pixels,
   # 4x less to decode, copy and transfer; normalise them on the accelerator
-  # with `normalise_on_device` (bit-identical result).
+  # with `batch.normalise_on_device` (bit-identical result).
   c.image_dtype = "float32"
   c.num_workers = 0                 # grain worker processes (0: main process only)
   c.num_threads = 2                 # decoding threads per process
@@ -180,67 +177,6 @@ def num_train_clips(config: ml_collections.ConfigDict) -> int:
 
 # ----------------------------------------------------------------- loading --
 
-def normalisation_table(family: str) -> np.ndarray:
-  """(256, 3) float32: the published normalisation of each uint8 value.
-
-  DHF1K: ToTensor (x / 255) then Normalize (ImageNet); AV: ToTensor with
-  norm_value 1 (0..255 kept) then Normalize with the STAViS statistics.
-  """
-  values = np.arange(256, dtype=np.float32)[:, None]
-  if family == "dhf1k":
-    mean, std = np.float32(IMAGENET_MEAN), np.float32(IMAGENET_STD)
-    return (values / np.float32(255.0) - mean) / std
-  return (values - np.float32(AV_MEAN)) / np.float32(AV_STD)
-
-
-@functools.lru_cache(maxsize=2)
-def _byte_pair_table(family: str) -> np.ndarray:
-  """(3, 65536) float64 words, each two float32 results for a pair of bytes.
-
-  Read as uint16 (little-endian), RGB bytes come in pairs RG, BR, GB (phase
-  0, 1, 2 of every 3 words); one lookup then writes two output floats.
-  """
-  table = normalisation_table(family)
-  words = np.arange(65536)
-  pairs = np.empty((3, 65536, 2), np.float32)
-  for phase in range(3):
-    pairs[phase, :, 0] = table[words & 255, (2 * phase) % 3]
-    pairs[phase, :, 1] = table[words >> 8, (2 * phase + 1) % 3]
-  return pairs.view(np.float64)[..., 0]
-
-
-def normalise(frames: np.ndarray, family: str) -> np.ndarray:
-  """uint8 (..., H, W, 3) -> float32 by table lookup, frame by frame (the
-  lookups of one frame stay in cache), two bytes per lookup when possible."""
-  out = np.empty(frames.shape, np.float32)
-  frame_bytes = frames.shape[-3] * frames.shape[-2] * 3
-  if frame_bytes % 6 or sys.byteorder != "little":
-    table = normalisation_table(family)
-    for c in range(3):
-      np.take(table[:, c], frames[..., c], out=out[..., c], mode="clip")
-    return out
-  pairs = _byte_pair_table(family)
-  for src, dst in zip(np.ascontiguousarray(frames).reshape(-1, frame_bytes),
-                      out.reshape(-1, frame_bytes)):
-    words, doubles = src.view(np.uint16).reshape(-1, 3), dst.view(np.float64).reshape(-1, 3)
-    for phase in range(3):
-      np.take(pairs[phase], words[:, phase], out=doubles[:, phase], mode="clip")
-  return out
-
-
-def normalise_on_device(img, dataset: str):
-  """uint8 'img' batches (config.data.image_dtype='uint8') -> the float32
-  the loader would have produced, as a jax array (a gather, so bit-identical)."""
-  import jax.numpy as jnp   # pylint: disable=g-import-not-at-top (workers never need jax)
-  table = jnp.asarray(normalisation_table(dataset))
-  return table[jnp.asarray(img).astype(jnp.int32), jnp.arange(3)]
-
-
-def num_audio_patches(model_config) -> int:
-  """9 for 16-frame clips (published), 5 for 8 (tiny): T/2 + 1 decoder steps."""
-  return model_config.get("audio_patches", model_config.clip_len // 2 + 1)
-
-
 def _one_blas_thread():
   """Context that runs BLAS (the log-mel matmuls) on one thread.
 
@@ -263,11 +199,12 @@ class BatchLoader(grain.transforms.Map):
     self._manifest = manifest
     self._with_gt, self._with_valid = with_gt, with_valid
     self._store = shards_lib.ShardStore(config.data.shards, manifest, videos)
-    self._clip_len = config.model.clip_len
     self._family = None if config.data.image_dtype == "uint8" else manifest.dataset
-    self._audio = None
-    if config.model.variant == "av":
-      self._audio = (num_audio_patches(config.model), tuple(config.model.audio_size))
+    # Frames are decoded as uint8 first; `map` normalises them if asked.
+    self._spec = dataclasses.replace(
+        batch_lib.BatchSpec.from_config(config, 0, with_truth=with_gt,
+                                        with_index=True), image_dtype="uint8")
+    self._audio = self._spec.audio
 
   def _clip_audio(self, video: int, first: int, last: int) -> np.ndarray:
     from diffsal_jax.data import audio   # pylint: disable=g-import-not-at-top
@@ -279,28 +216,20 @@ class BatchLoader(grain.transforms.Map):
     wave = np.zeros(length, np.float32)
     if end >= start:
       wave[start:end + 1] = self._store.audio(video, start, end + 1)
-    num_patches, size = self._audio
+    num_patches, size = self._audio[0], self._audio[1:]
     with _one_blas_thread():
       patches = audio.clip_log_mel(wave, rate, entry.fps, first, last, num_patches)
       return audio.resize_patches(patches, size)
 
   def map(self, clips: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    b, (height, width) = len(clips["video"]), self._manifest.image_hw
+    out = dataclasses.replace(self._spec, rows=len(clips["video"])).zeros()
+    img = out["img"]
+    out["video"][:], out["frame"][:] = clips["video"], clips["target"]
+    out["valid"][:] = clips["video"] >= 0
     uint8 = self._family is None
-    img = np.empty((b, self._clip_len, height, width, 3), np.uint8)
-    out = {"img": img, "video": clips["video"].astype(np.int32),
-           "frame": clips["target"].astype(np.int32), "valid": clips["video"] >= 0}
-    if self._with_gt:
-      out["map"] = np.empty((b, height, width), np.float32)
-      out["fixations"] = np.empty((b, height, width), np.uint8)
-    if self._audio:
-      out["audio"] = np.empty((b, self._audio[0], *self._audio[1]), np.float32)
     for i, (video, frames, target) in enumerate(
         zip(out["video"], clips["frames"], out["frame"])):
-      if video < 0:   # padding of the evaluation set
-        for key in ("img", "map", "fixations", "audio"):
-          if key in out:
-            out[key][i] = 0
+      if video < 0:   # padding of the evaluation set: zeros
         continue
       frames = [int(f) for f in frames]
       self._store.frames_uint8(video, frames, out=img[i])
@@ -313,7 +242,7 @@ class BatchLoader(grain.transforms.Map):
         out["audio"][i] = self._clip_audio(video, frames[0], frames[-1])
     if not uint8:
       # Once per batch: the float32 clips (4x the bytes) are written once.
-      out["img"] = normalise(img, self._family)
+      out["img"] = batch_lib.normalise(img, self._family)
       out["img"][~out["valid"]] = 0.0
     if not self._with_valid:
       del out["valid"]
@@ -380,7 +309,7 @@ def create_train_dataset(config: ml_collections.ConfigDict, *, process_index: in
   """Batches of this process: 'img', 'map', 'fixations', ['audio'], 'video', 'frame'.
 
   'img' (B, T, H, W, 3) is float32 normalised, or uint8 when
-  config.data.image_dtype == 'uint8' (see `normalise_on_device`).
+  config.data.image_dtype == 'uint8' (see `batch.normalise_on_device`).
 
   All processes shuffle the same global order (config.data.seed) and take
   every process_count-th clip, so their batches together form the global

@@ -8,7 +8,7 @@ first / last frame, so every frame gets a map. A clip's audio is that of its
 first to last frame, as in training.
 
 This shares main's `--mode=predict` path: the same resize rules
-(`diffsal_jax.data.image_rules`), normalisation (`input_pipeline`, on the host or
+(`diffsal_jax.data.image_rules`), normalisation (`data/batch.py`, on the host or
 the device as config.data.image_dtype says), audio features
 (`audio.clip_log_mel`), checkpoint restore (`model_setup.load_for_eval`) and
 jitted sampler (`validation.make_sampler`), and batches of
@@ -38,7 +38,7 @@ from PIL import Image
 from diffsal_jax.data import image_rules
 from diffsal_jax.data import audio as audio_lib
 from diffsal_jax.training import checkpointing
-from diffsal_jax.data import input_pipeline
+from diffsal_jax.data import batch as batch_lib
 from diffsal_jax.training import model_setup
 from diffsal_jax.training import train_config
 from diffsal_jax.training import train_state as ts
@@ -109,7 +109,7 @@ def resolve_normalisation(config: ml_collections.ConfigDict,
   if choice != "auto":
     return choice
   data = config.get("data")
-  if data is not None and data.get("dataset") in input_pipeline.DATASETS:
+  if data is not None and data.get("dataset") in batch_lib.FAMILIES:
     return data.dataset
   return "av" if config.model.variant == "av" else "dhf1k"
 
@@ -219,7 +219,7 @@ class Predictor:
 
   def _audio_features(self, batch: list[Window], wave: np.ndarray, rate: int,
                       fps: float, times, pool) -> np.ndarray:
-    patches = input_pipeline.num_audio_patches(self.config.model)
+    patches = batch_lib.num_audio_patches(self.config.model)
     size = tuple(self.config.model.audio_size)
 
     def one(window: Window) -> np.ndarray:
@@ -236,7 +236,7 @@ class Predictor:
     img = np.zeros((rows, *batch[0].clip.shape), np.uint8)
     img[:len(batch)] = [w.clip for w in batch]
     if self.config.data.image_dtype == "float32":
-      img = input_pipeline.normalise(img, self.family)
+      img = batch_lib.normalise(img, self.family)
       img[len(batch):] = 0.0   # padding rows, as the loader leaves them
     local = {"img": img}
     if self.uses_audio:

@@ -13,6 +13,12 @@ import ml_collections
 VARIANTS = ("visual", "av")
 
 
+def num_audio_patches(cfg: ml_collections.ConfigDict) -> int:
+  """Audio patches per clip: the fusion's T/2 decoder steps plus the noise
+  step (9 for the published 16-frame clips, 5 for the tiny 8-frame ones)."""
+  return cfg.clip_len // 2 + 1
+
+
 def published_model_config(variant: str = "visual") -> ml_collections.ConfigDict:
   """The released DiffSal architecture. `variant`: 'visual' or 'av'."""
   if variant not in VARIANTS:

@@ -14,17 +14,12 @@ import ml_collections
 from flax import nnx
 
 from diffsal_jax.models.audio_transformer import AudioTransformer
-from diffsal_jax.models.config import VARIANTS
+from diffsal_jax.models.config import VARIANTS, num_audio_patches
 from diffsal_jax.models.mvit import MViT
 from diffsal_jax.models.saliency_unet import SaliencyUNet
 from diffsal_jax.models.vggish import VGGish
 
 Features = dict[str, Any]
-
-
-def num_audio_patches(cfg: ml_collections.ConfigDict) -> int:
-  """Audio frames the fusion expects: the encoder's frames plus the noise frame."""
-  return cfg.clip_len // 2 + 1
 
 
 def _check(cfg: ml_collections.ConfigDict) -> None:

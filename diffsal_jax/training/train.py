@@ -23,6 +23,7 @@ import numpy as np
 from absl import logging
 
 from diffsal_jax.training import checkpointing
+from diffsal_jax.data import batch as batch_lib
 from diffsal_jax.data import device_prefetch
 from diffsal_jax.models import diffusion
 from diffsal_jax.data import input_pipeline
@@ -31,7 +32,6 @@ from diffsal_jax.training import train_logging
 from diffsal_jax.training import train_state as ts
 from diffsal_jax.training import validation
 
-TRAIN_KEYS = ("img", "map", "audio")
 FINAL_METRICS_FILE = "final_metrics.json"
 
 
@@ -184,7 +184,7 @@ def _train(loop: _Loop, preemption: _Preemption) -> bool:
   eval_every = _every(config.eval_every_steps, loop.steps_per_epoch)
   ckpt_every = _every(config.checkpoint_every_steps, loop.steps_per_epoch)
   batches = device_prefetch.DevicePrefetcher(
-      loop.iterator.iterator, ts.batch_sharding(loop.model.mesh), TRAIN_KEYS,
+      loop.iterator.iterator, ts.batch_sharding(loop.model.mesh), batch_lib.TRAIN_KEYS,
       config.prefetch_to_device)
   pending, started, step = [], time.time(), int(loop.state.step)
   step_fn = None

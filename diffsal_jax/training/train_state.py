@@ -25,7 +25,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from diffsal_jax.models import diffusion
-from diffsal_jax.data import input_pipeline
+from diffsal_jax.data import batch as batch_lib
 
 DATA_AXIS = "data"
 
@@ -175,7 +175,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
                                      config.diffusion.train_t_min)
   if config.data.image_dtype == "uint8":
     # The loader left the normalisation to the device (4x less to transfer).
-    batch = {**batch, "img": input_pipeline.normalise_on_device(
+    batch = {**batch, "img": batch_lib.normalise_on_device(
         batch["img"], config.data.dataset)}
   loss_fn = functools.partial(_loss_fn, model_def=model_def,
                               frozen=tuple(config.frozen_subtrees))

@@ -28,6 +28,7 @@ from jax.sharding import Mesh
 
 from diffsal_jax.models import diffusion
 from diffsal_jax.evaluation import evaluate as evaluate_lib
+from diffsal_jax.data import batch as batch_lib
 from diffsal_jax.data import input_pipeline
 from diffsal_jax.evaluation import metrics
 from diffsal_jax.evaluation import saliency_io
@@ -36,7 +37,6 @@ from diffsal_jax.training import train_state as ts
 DEVICE_METRICS = {"cc": metrics.cc_jax, "nss": metrics.nss_jax,
                   "sim": metrics.sim_jax, "kld": metrics.kld_jax}
 _TRUTH_INPUT = {"cc": "map", "sim": "map", "kld": "map", "nss": "fixations"}
-_MODEL_INPUTS = ("img", "audio")
 # Folded into the seed for the sampling noise of evaluation and prediction,
 # so it differs from the training noise; the video predictor uses it too.
 SAMPLING_SALT = 0xE7A1
@@ -52,7 +52,7 @@ def make_sampler(model_def: ts.ModelDef, config: ml_collections.ConfigDict,
     model = ts.merge_model(model_def, params, batch_stats)
     img = inputs["img"]
     if uint8_images:
-      img = input_pipeline.normalise_on_device(img, config.data.dataset)
+      img = batch_lib.normalise_on_device(img, config.data.dataset)
     audio = inputs.get("audio") if model_def.uses_audio else None
     maps = diffusion.sample_saliency(
         model, img, key, audio, schedule=schedule,
@@ -178,7 +178,7 @@ def evaluate_split(params, batch_stats, sampler: Callable,
   for i in tqdm.trange(total, desc=f"eval {split}", leave=False,
                        disable=not progress or jax.process_index() != 0):
     batch = next(batches)
-    inputs = {k: _global(batch[k], mesh) for k in _MODEL_INPUTS if k in batch}
+    inputs = {k: _global(batch[k], mesh) for k in batch_lib.MODEL_KEYS if k in batch}
     maps = sampler(params, batch_stats, inputs, jax.random.fold_in(key, i))
     truth = {k: _global(batch[k], mesh) for k in ("map", "fixations")}
     scores = score_batch(maps, truth)
@@ -212,7 +212,7 @@ def predict_split(params, batch_stats, sampler: Callable,
   for i in tqdm.trange(num_eval_batches(config, split), desc=f"predict {split}",
                        disable=not progress or jax.process_index() != 0):
     batch = next(batches)
-    inputs = {k: _global(batch[k], mesh) for k in _MODEL_INPUTS if k in batch}
+    inputs = {k: _global(batch[k], mesh) for k in batch_lib.MODEL_KEYS if k in batch}
     maps = local_rows(sampler(params, batch_stats, inputs,
                               jax.random.fold_in(key, i)))
     for m, video, frame, valid in zip(maps, batch["video"], batch["frame"],

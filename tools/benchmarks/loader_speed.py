@@ -18,7 +18,7 @@ loader's faster mode.
 - grain_<format>: `input_pipeline.create_train_dataset` on the shards of
   `python -m data_prep convert --image_format <format>`; grain_<format>_uint8
   with config.data.image_dtype='uint8' (the trainer's default: normalisation
-  left to the accelerator, `input_pipeline.normalise_on_device`).
+  left to the accelerator, `batch.normalise_on_device`).
 The raw frames default to DHF1K's 360x640; clips are 16 frames at 224x384
 (the published setting). The first batch of each loader (start-up) is not
 timed.
@@ -41,6 +41,7 @@ from diffsal_jax.data import layouts
 from tools import reference_loader
 from diffsal_jax.data.synthetic import synth
 from diffsal_jax.data.synthetic import synth_scene
+from diffsal_jax.data import batch as batch_lib
 from diffsal_jax.data import input_pipeline
 from diffsal_jax.models import config as model_config
 
@@ -121,7 +122,7 @@ def time_pil(args, raw: pathlib.Path, shards: pathlib.Path, mode: str) -> float:
   table = input_pipeline.clip_table(manifest, config, "train")
   audio_spec = None
   if args.layout == "av":
-    audio_spec = (input_pipeline.num_audio_patches(config.model), tuple(config.model.audio_size))
+    audio_spec = (batch_lib.num_audio_patches(config.model), tuple(config.model.audio_size))
   ds = grain.MapDataset.source(input_pipeline.ShuffledEpochs(table, config.data.seed))
   ds = ds.map(ReferenceClips(raw, args.layout, (args.height, args.width), manifest, audio_spec))
   ds = ds.batch(args.batch_size).to_iter_dataset(

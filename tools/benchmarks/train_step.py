@@ -48,7 +48,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from diffsal_jax.models import diffusion
-from diffsal_jax.data import input_pipeline
+from diffsal_jax.data import batch as batch_lib
 from diffsal_jax.models import api as model_lib
 from diffsal_jax.training import train_state as ts
 from diffsal_jax.training import validation
@@ -109,7 +109,7 @@ def random_batch(config, rng: np.random.Generator) -> dict[str, np.ndarray]:
   batch = {"img": img, "map": rng.random((b, h, w), np.float32)}
   if m.variant == "av":
     batch["audio"] = rng.standard_normal(
-        (b, input_pipeline.num_audio_patches(m), *m.audio_size), np.float32)
+        (b, batch_lib.num_audio_patches(m), *m.audio_size), np.float32)
   return batch
 
 
