@@ -21,17 +21,14 @@ from __future__ import annotations
 
 import abc
 import functools
-import io
-import os
 import pathlib
 import logging
 import re
-import tempfile
-from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
 
+from diffsal_jax.data import atomic_files
 from diffsal_jax.data import image_rules
 from diffsal_jax.data import layouts
 from diffsal_jax.data import manifest as shard_manifest
@@ -338,20 +335,6 @@ class PredictionDir(PredictionSource):
     return read_grey(self._files(video)[frame_id])
 
 
-def atomic_write(path: pathlib.Path, write: Callable[[io.IOBase], None],
-                 mode: str = "w") -> None:
-  """Calls `write(stream)` on a temporary file, then renames it to `path`."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-  try:
-    with os.fdopen(handle, mode) as stream:
-      write(stream)
-    os.replace(temp, path)
-  except BaseException:
-    os.unlink(temp)
-    raise
-
-
 def save_prediction(root: str | pathlib.Path, dataset: str, video: str,
                     frame_id: int, saliency: np.ndarray) -> pathlib.Path:
   """Writes one map in our layout, scaled by its max to 0..255 (8-bit PNG).
@@ -364,5 +347,8 @@ def save_prediction(root: str | pathlib.Path, dataset: str, video: str,
   pixels = np.round(saliency / peak * 255 if peak > 0 else saliency)
   path = pathlib.Path(root) / dataset / video / f"{frame_id:05d}.png"
   image = Image.fromarray(pixels.astype(np.uint8))  # 2-D uint8 -> "L"
-  atomic_write(path, lambda f: image.save(f, format="PNG"), mode="wb")
+  # No fsync per frame (thousands of small files): a crash may lose the last
+  # frames, never leave a partial one.
+  atomic_files.write_atomic(path, lambda f: image.save(f, format="PNG"),
+                            binary=True, fsync=False)
   return path

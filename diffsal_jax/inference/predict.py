@@ -50,6 +50,7 @@ from absl import logging
 from ml_collections import config_flags
 from PIL import Image
 
+from diffsal_jax.data import atomic_files
 from diffsal_jax.data import audio as audio_lib
 from diffsal_jax.evaluation import metrics
 from diffsal_jax.inference import overlay
@@ -164,8 +165,8 @@ def write_npz(path: pathlib.Path, maps: dict[int, np.ndarray],
   arrays = {"maps": np.stack([maps[k] for k in frames]), "frames": frames,
             "frame_size": np.array(source.size_hw, np.int32),
             "fps": np.float64(source.fps)}
-  saliency_io.atomic_write(path, lambda f: np.savez_compressed(f, **arrays),
-                           mode="wb")
+  atomic_files.write_atomic(path, lambda f: np.savez_compressed(f, **arrays),
+                            binary=True)
 
 
 def predict_source(predictor: vp.Predictor, source: video_io.FrameSource,

@@ -13,15 +13,14 @@ decoding they replace is timed separately and reported per frame.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import pathlib
 import sys
 import tempfile
 import time
 
 import numpy as np
 
+from diffsal_jax.data import atomic_files
 from diffsal_jax.evaluation import evaluate
 from diffsal_jax.evaluation import metrics
 from diffsal_jax.evaluation import saliency_io
@@ -160,8 +159,7 @@ def main(argv=None) -> int:
   print("| " + " | ".join(str(figures[k]) for k in keys) + " |")
   print("means: " + ", ".join(f"{k} {v}" for k, v in figures["means"].items()))
   if args.json:
-    saliency_io.atomic_write(pathlib.Path(args.json),
-                             lambda f: json.dump(figures, f, indent=2))
+    atomic_files.write_json(args.json, figures, indent=2)
   return 0
 
 
