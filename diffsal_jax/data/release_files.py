@@ -1,6 +1,7 @@
 """How the files of a raw release are read, shared by the converter
-(`data_prep convert`) and the evaluator's raw readers (`saliency_io`), so that
-converted and raw ground truth hold the same videos, frames and values.
+(`data_prep convert`) and the evaluator's raw readers
+(`evaluation.release_ground_truth`), so that converted and raw ground truth
+hold the same videos, frames and values.
 
 - Text lists (STAViS fold lists) as editors save them: UTF-8 with or without
   BOM, UTF-16 with BOM, CRLF / CR / LF line ends, trailing blanks.

@@ -54,7 +54,7 @@ from diffsal_jax.data import atomic_files
 from diffsal_jax.data import audio as audio_lib
 from diffsal_jax.evaluation import metrics
 from diffsal_jax.inference import overlay
-from diffsal_jax.evaluation import saliency_io
+from diffsal_jax.evaluation import predictions
 from diffsal_jax.training import train_config
 from diffsal_jax.inference import video_io
 from diffsal_jax.inference import video_predictor as vp
@@ -94,7 +94,7 @@ def _save_map(out_dir: pathlib.Path, frame: int, saliency: np.ndarray,
               size_hw: tuple[int, int]) -> None:
   full = metrics.resize_map(saliency, size_hw)
   # `video` "" puts the PNGs straight into OUT/<name>/maps/.
-  saliency_io.save_prediction(out_dir, MAPS_DIR, "", frame, full)
+  predictions.save_prediction(out_dir, MAPS_DIR, "", frame, full)
 
 
 def write_maps(predictor: vp.Predictor, source: video_io.FrameSource,

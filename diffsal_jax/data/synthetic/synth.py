@@ -88,7 +88,7 @@ def _write_av_video(root, dataset, name, scene, spec) -> None:
 
 def _write_fold_lists(root, dataset, names, spec) -> None:
   """Fold k tests the videos i with i % 3 == k-1 (DIEM: one split, last third)."""
-  lists = root / "fold_lists"
+  lists = root / layouts.FOLD_LISTS_DIR
   lists.mkdir(parents=True, exist_ok=True)
   line = lambda n: f"{n} {spec.num_frames} {spec.fps:g}\n"
   folds = [layouts.FOLDS[0]] if dataset == "DIEM" else layouts.FOLDS
