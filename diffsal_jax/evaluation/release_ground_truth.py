@@ -192,7 +192,7 @@ class StavisRawSource(_RawSource):
 
   def read_fixations(self, video: str, frame_id: int) -> np.ndarray:
     path = self._files(self.annotation / video, "fixMap_{:05d}.mat").path(frame_id)
-    return release_files.read_mat_variable(path, "eyeMap") > 0
+    return release_files.read_fixation_mat(path)
 
 
 def open_ground_truth(data_root: str | pathlib.Path,
