@@ -335,7 +335,9 @@ def _resize_matrix(in_size: int, out_size: int, antialias: bool) -> np.ndarray:
   antialias=True is the triangle filter widened by the downscale factor (PIL,
   torch antialias=True); for upscaling it equals plain bilinear with clamped
   edges (torch antialias=False), which is the only case the published loader
-  hits (64 -> 112 and 64 -> 192).
+  hits (64 -> 112 and 64 -> 192). Without antialias it is
+  `models.layers.linear_resize_matrix` in float32 (data/ may not import
+  models/; tests/test_audio.py checks they agree).
   """
   scale = in_size / out_size
   centre = scale * (np.arange(out_size) + 0.5)  # In input pixel units.
