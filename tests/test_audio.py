@@ -15,6 +15,7 @@ import soundfile
 from PIL import Image
 
 from diffsal_jax.data import audio
+from diffsal_jax.models import layers
 
 LOG_SILENCE = math.log(0.01)
 
@@ -424,6 +425,15 @@ def test_resize_matches_pil_triangle_filter(size):
   if size == (112, 192):  # Upscaling: antialias changes nothing.
     plain = audio.resize_patches(image[None], size=size, antialias=False)[0]
     np.testing.assert_allclose(plain, ours, atol=1e-6)
+
+
+def test_resize_matrix_equals_the_models_linear_resize_matrix():
+  """data/ and models/ may not import each other, so each keeps its torch
+  bilinear (align_corners=False) matrix; without antialiasing they agree."""
+  for in_size, out_size in ((64, 112), (64, 192), (7, 3), (5, 5), (3, 13)):
+    np.testing.assert_array_equal(
+        audio._resize_matrix(in_size, out_size, False),  # pylint: disable=protected-access
+        layers.linear_resize_matrix(in_size, out_size).astype(np.float32))
 
 
 # --------------------------------------------------------------------------

@@ -18,7 +18,8 @@ from diffsal_jax.data import shards
 from diffsal_jax.data.prep import verify
 from diffsal_jax.evaluation import evaluate
 from diffsal_jax.data import input_pipeline
-from diffsal_jax.evaluation import saliency_io
+from diffsal_jax.evaluation import predictions
+from diffsal_jax.evaluation import release_ground_truth
 from tests import synthetic_data as sd
 
 # 20 frames: one train clip and four val clips of the tiny model's 8 frames.
@@ -144,11 +145,11 @@ def test_truncated_shard_is_refused_before_any_read(converted, tmp_path):
 def test_evaluate_on_damaged_shards_names_the_shard(converted, tmp_path, capsys):
   # Evaluation reads only the ground-truth records (maps, fixations).
   out = _copy(converted, tmp_path, "flip_ground_truth")
-  raw = saliency_io.Dhf1kRawSource(converted / "raw")
+  raw = release_ground_truth.Dhf1kRawSource(converted / "raw")
   rng = np.random.default_rng(0)
   for video in raw.videos(None):
     for frame in raw.frame_ids(video):
-      saliency_io.save_prediction(tmp_path / "pred", "dhf1k", video, frame,
+      predictions.save_prediction(tmp_path / "pred", "dhf1k", video, frame,
                                   rng.random((30, 48)))
   status = evaluate.main(["--pred", str(tmp_path / "pred"), "--data", str(out),
                           "--dataset", "dhf1k", "--workers", "1", "--no-progress",

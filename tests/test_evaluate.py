@@ -11,7 +11,9 @@ import scipy.io
 from diffsal_jax.evaluation import evaluate
 from diffsal_jax.evaluation import report as report_lib
 from diffsal_jax.evaluation import metrics
-from diffsal_jax.evaluation import saliency_io
+from diffsal_jax.evaluation import ground_truth
+from diffsal_jax.evaluation import predictions
+from diffsal_jax.evaluation import release_ground_truth
 
 H, W = 24, 32
 
@@ -54,7 +56,7 @@ def dhf1k(tmp_path_factory):
                 fixations.astype(float))
       pred = _noisy_prediction(rng, saliency)
       _save_png(root / "published" / str(number) / f"{frame}.png", pred)
-      saliency_io.save_prediction(root / "ours", "dhf1k", video, frame, pred)
+      predictions.save_prediction(root / "ours", "dhf1k", video, frame, pred)
       truth[video, frame] = (saliency, fixations, pred)
   return root, truth
 
@@ -149,7 +151,7 @@ def avad(tmp_path_factory):
       published = (root / "published" / f"split{index}_results" / "avad" /
                    video / f"pred_sal_{frame:06d}.jpg")
       _save_png(published, pred)
-      saliency_io.save_prediction(root / "ours", "avad", video, frame, pred)
+      predictions.save_prediction(root / "ours", "avad", video, frame, pred)
   return root, truth
 
 
@@ -187,11 +189,11 @@ def test_av_ours_layout_with_fold_option_matches_direct_metrics(avad):
                      "2", "--postprocess", "none", "--workers", "1"],
                     root / "out_ours")
   assert sorted(report["folds"]) == ["1", "2"]
-  source = saliency_io.open_raw_source(root / "data", "avad")
+  source = release_ground_truth.open_ground_truth(root / "data", "avad")
   frames = [(v, f) for (v, f) in truth if v == "v1" and f <= 3]
   expected = []
   for video, frame in frames:
-    pred = saliency_io.read_grey(root / "ours" / "avad" / video /
+    pred = ground_truth.read_grey(root / "ours" / "avad" / video /
                                  f"{frame:05d}.png")
     expected.append(metrics.cc(pred, source.read_map(video, frame)))
   assert report["folds"]["1"]["videos"]["v1"]["cc"] == pytest.approx(
@@ -240,7 +242,7 @@ def test_diem_uses_one_fold_list_for_every_fold(tmp_path):
   (tmp_path / "fold_lists").mkdir()
   (tmp_path / "fold_lists" / "DIEM_list_test_fps.txt").write_text(
       "clip_a 10 30\nclip_b 12 30\n")
-  source = saliency_io.open_raw_source(tmp_path, "diem")
+  source = release_ground_truth.open_ground_truth(tmp_path, "diem")
   assert source.videos(1) == source.videos(3) == ["clip_a", "clip_b"]
 
 
@@ -261,7 +263,7 @@ def test_cli_help_explains_layouts(capsys):
 # --- In-memory sources: edge cases, missing frames, subset runs ------------
 
 
-class _MemorySource(saliency_io.GroundTruthSource):
+class _MemorySource(ground_truth.GroundTruthSource):
   dataset = "dhf1k"
 
   def __init__(self, frames: dict[str, dict[int, tuple]]):
@@ -280,7 +282,7 @@ class _MemorySource(saliency_io.GroundTruthSource):
     return self.frames[video][frame_id][1]
 
 
-class _MemoryPredictions(saliency_io.PredictionSource):
+class _MemoryPredictions(predictions.PredictionSource):
   def __init__(self, maps: dict[tuple[str, int], np.ndarray]):
     self.maps = maps
 

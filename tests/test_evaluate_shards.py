@@ -9,7 +9,9 @@ import pytest
 import scipy.ndimage
 
 from diffsal_jax.evaluation import evaluate
-from diffsal_jax.evaluation import saliency_io
+from diffsal_jax.evaluation import ground_truth
+from diffsal_jax.evaluation import predictions
+from diffsal_jax.evaluation import release_ground_truth
 from diffsal_jax.evaluation import shard_ground_truth
 from tests import synthetic_data
 
@@ -17,14 +19,14 @@ NUM_FRAMES = 6
 AV_DATASETS = ("AVAD", "DIEM")   # Two sets: the reader must keep to its own.
 
 
-def _write_predictions(source: saliency_io.GroundTruthSource,
+def _write_predictions(source: ground_truth.GroundTruthSource,
                        pred_dir: pathlib.Path, seed: int) -> None:
   """Smooth random maps, smaller than the ground truth (so they get resized)."""
   rng = np.random.default_rng(seed)
   for video in source.videos(None):
     for frame in source.frame_ids(video):
       noise = scipy.ndimage.gaussian_filter(rng.random((30, 48)), 3.0)
-      saliency_io.save_prediction(pred_dir, source.dataset, video, frame,
+      predictions.save_prediction(pred_dir, source.dataset, video, frame,
                                   noise)
 
 
@@ -35,7 +37,7 @@ def dhf1k(tmp_path_factory):
   raw = synthetic_data.make_dhf1k(root / "raw", "video", NUM_FRAMES)
   status, log = synthetic_data.convert_quietly("dhf1k", raw, root / "shards")
   assert status == 0, log
-  _write_predictions(saliency_io.Dhf1kRawSource(raw), root / "pred", seed=1)
+  _write_predictions(release_ground_truth.Dhf1kRawSource(raw), root / "pred", seed=1)
   return root
 
 
@@ -47,7 +49,7 @@ def av(tmp_path_factory):
                                num_frames=NUM_FRAMES)
   status, log = synthetic_data.convert_quietly("av", raw, root / "shards")
   assert status == 0, log
-  _write_predictions(saliency_io.StavisRawSource(raw, "avad"), root / "pred",
+  _write_predictions(release_ground_truth.StavisRawSource(raw, "avad"), root / "pred",
                      seed=2)
   return root
 
@@ -74,16 +76,16 @@ def _assert_same_ground_truth(raw, shards, folds) -> None:
                                     raw.read_fixations(video, frame))
 
 
-def test_open_raw_source_detects_shards(dhf1k, av):
-  assert isinstance(saliency_io.open_raw_source(dhf1k / "shards", "dhf1k"),
+def test_open_ground_truth_detects_shards(dhf1k, av):
+  assert isinstance(release_ground_truth.open_ground_truth(dhf1k / "shards", "dhf1k"),
                     shard_ground_truth.ShardGroundTruth)
-  assert isinstance(saliency_io.open_raw_source(av / "raw", "avad"),
-                    saliency_io.StavisRawSource)
+  assert isinstance(release_ground_truth.open_ground_truth(av / "raw", "avad"),
+                    release_ground_truth.StavisRawSource)
 
 
 def test_dhf1k_shards_hold_the_raw_ground_truth(dhf1k):
-  raw = saliency_io.open_raw_source(dhf1k / "raw", "dhf1k")
-  shards = saliency_io.open_raw_source(dhf1k / "shards", "dhf1k")
+  raw = release_ground_truth.open_ground_truth(dhf1k / "raw", "dhf1k")
+  shards = release_ground_truth.open_ground_truth(dhf1k / "shards", "dhf1k")
   # Train and val videos (maps released), not test video 701 (no maps).
   assert shards.videos(None) == ["0001", "0002", "0601"]
   _assert_same_ground_truth(raw, shards, folds=[None])
@@ -93,15 +95,15 @@ def test_dhf1k_shards_hold_the_raw_ground_truth(dhf1k):
 
 @pytest.mark.parametrize("dataset", ["avad", "diem"])
 def test_av_shards_hold_the_raw_ground_truth_and_folds(av, dataset):
-  raw = saliency_io.open_raw_source(av / "raw", dataset)
-  shards = saliency_io.open_raw_source(av / "shards", dataset)
+  raw = release_ground_truth.open_ground_truth(av / "raw", dataset)
+  shards = release_ground_truth.open_ground_truth(av / "shards", dataset)
   assert shards.videos(None) == ["clip_00", "clip_01", "clip_02"]
   _assert_same_ground_truth(raw, shards, folds=[None, 1, 2, 3])
 
 
 def test_source_survives_pickling_after_reading(av):
   """Workers get the source pickled; the open shard store stays behind."""
-  shards = saliency_io.open_raw_source(av / "shards", "avad")
+  shards = release_ground_truth.open_ground_truth(av / "shards", "avad")
   expected = shards.read_map("clip_01", 3)
   copy = pickle.loads(pickle.dumps(shards))
   np.testing.assert_array_equal(copy.read_map("clip_01", 3), expected)

@@ -18,7 +18,8 @@ from diffsal_jax.data import manifest as manifest_lib
 from diffsal_jax.data import release_files
 from diffsal_jax.data import shards
 from diffsal_jax.evaluation import evaluate
-from diffsal_jax.evaluation import saliency_io
+from diffsal_jax.evaluation import predictions
+from diffsal_jax.evaluation import release_ground_truth
 from tests import synthetic_data as sd
 from tests.test_evaluate_shards import _scores, _write_predictions
 
@@ -92,7 +93,7 @@ def test_fold_lists_as_editors_save_them(tmp_path, encoding, newline, tail):
   issues = []
   assert layouts.parse_fold_list(path, issues) == [("clip_a", 10, 25.0), ("clip_b", 12, 29.97)]
   assert not issues
-  assert saliency_io.read_fold_list(path) == {"clip_a": 10, "clip_b": 12}
+  assert layouts.read_fold_list(path) == {"clip_a": 10, "clip_b": 12}
 
 
 def test_undecodable_fold_list_is_named(tmp_path):
@@ -102,7 +103,7 @@ def test_undecodable_fold_list_is_named(tmp_path):
   assert layouts.parse_fold_list(path, issues) == []
   assert [(i.kind, i.path) for i in issues] == [("bad_text", str(path))]
   with pytest.raises(release_files.ReleaseError, match=str(path)):
-    saliency_io.read_fold_list(path)
+    layouts.read_fold_list(path)
 
 
 # --- images of any mode -----------------------------------------------------------
@@ -144,9 +145,9 @@ def test_16bit_map_round_trips_through_convert_and_evaluator(tmp_path):
   assert status == 0, text
   truth = shards.ShardStore(tmp_path / "out").ground_truth(0, 2)
   assert truth.map.max() == 255 and truth.map[0, 0] == 0   # 65535 means 255, at model size
-  raw_map = saliency_io.StavisRawSource(raw, "avad").read_map("clip_00", 2)
+  raw_map = release_ground_truth.StavisRawSource(raw, "avad").read_map("clip_00", 2)
   assert raw_map.max() == 1.0 and raw_map[15, 15] == 1.0
-  shard_map = saliency_io.open_raw_source(tmp_path / "out", "avad").read_map("clip_00", 2)
+  shard_map = release_ground_truth.open_ground_truth(tmp_path / "out", "avad").read_map("clip_00", 2)
   np.testing.assert_array_equal(shard_map, raw_map)
 
 
@@ -204,8 +205,8 @@ def test_stavis_release_as_shipped_scores_the_same_raw_and_converted(tmp_path):
   report = json.loads((tmp_path / "shards/conversion_report.json").read_text())
   assert (report["problems"], report["notes"]) == (0, 3)
 
-  raw_source = saliency_io.open_raw_source(raw, "avad")
-  shard_source = saliency_io.open_raw_source(tmp_path / "shards", "avad")
+  raw_source = release_ground_truth.open_ground_truth(raw, "avad")
+  shard_source = release_ground_truth.open_ground_truth(tmp_path / "shards", "avad")
   for video, count in frames.items():
     assert raw_source.frame_ids(video) == shard_source.frame_ids(video) == list(
         range(1, count + 1))
@@ -239,8 +240,8 @@ def test_fold_list_far_off_is_refused_by_name(tmp_path, capsys):
   assert f"count_mismatch: {frames_dir}: 6 frames, 6 maps, 6 fixation files, " \
          f"9 in the fold list: more than 2 frames apart" in text
   with pytest.raises(ValueError, match="more than 2 frames apart"):
-    saliency_io.StavisRawSource(raw, "avad").frame_ids("clip_01")
-  saliency_io.save_prediction(tmp_path / "pred", "avad", "clip_01", 1, np.ones((4, 4)))
+    release_ground_truth.StavisRawSource(raw, "avad").frame_ids("clip_01")
+  predictions.save_prediction(tmp_path / "pred", "avad", "clip_01", 1, np.ones((4, 4)))
   code = evaluate.main(["--pred", str(tmp_path / "pred"), "--data", str(raw), "--dataset",
                         "avad", "--workers", "1", "--no-progress"])
   assert code == 2   # named, not a traceback
@@ -260,12 +261,12 @@ def test_dhf1k_avi_and_maps_a_frame_apart(tmp_path):
   [note] = manifest.issues
   assert note["kind"] == "frame_count_adjusted" and not note["fatal"]
   assert "6 decoded AVI frames, 5 maps, 5 fixation files" in note["detail"]
-  raw_source = saliency_io.Dhf1kRawSource(raw)
+  raw_source = release_ground_truth.Dhf1kRawSource(raw)
   assert raw_source.frame_ids("0001") == [1, 2, 3, 4, 5]
   assert raw_source.frame_count_note("0001") == (
       "5 maps, 5 fixation files, 6 decoded AVI frames: kept frames 1..5, which all have")
   assert raw_source.frame_count_note("0002") == ""
-  assert saliency_io.open_raw_source(tmp_path / "out", "dhf1k").frame_ids("0001") == [
+  assert release_ground_truth.open_ground_truth(tmp_path / "out", "dhf1k").frame_ids("0001") == [
       1, 2, 3, 4, 5]
 
 
@@ -315,7 +316,7 @@ def test_dhf1k_raw_reader_finds_unpadded_annotation_folders(tmp_path):
   for k in (0, 1):   # annotation/1 (no padding), files numbered from 0
     _grey_png(raw / f"annotation/1/maps/{k}.png", 100 + k)
     _grey_png(raw / f"annotation/1/fixation/{k}.png", 255 * k)
-  source = saliency_io.Dhf1kRawSource(raw)
+  source = release_ground_truth.Dhf1kRawSource(raw)
   assert source.videos(None) == ["0001"]
   assert source.frame_ids("0001") == [1, 2]
   assert source.read_map("0001", 2)[0, 0] == 101 / 255

@@ -79,7 +79,7 @@ class ReferenceLoader:
   def fixation_points(self, key: str, k: int) -> np.ndarray:
     path = self._videos[key].fix_path(k)
     if path.suffix == ".mat":
-      return image_rules.fixation_points(release_files.read_mat_variable(path, "eyeMap") > 0)
+      return image_rules.fixation_points(release_files.read_fixation_mat(path))
     with Image.open(path) as img:
       return image_rules.fixations_from_image(img)
 

@@ -3,7 +3,8 @@
 The published DiffSal loader turns the audio of a video clip into 9 log-mel
 patches with the torchvggish front end. This module reproduces that pipeline:
 
-  load_wav            int16 wav / 32768, mono.
+  load_wav            int16 wav / 32768, mono (`wave_from_int16` for samples
+                      already in memory).
   clip_excerpt_buffer the clip's samples, centred in a zero buffer (35280).
   resample_to_16k     resampy 'kaiser_best' compatible (the published
                       resampler), or soxr through librosa.
@@ -75,8 +76,32 @@ def load_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     raise AudioError(f"cannot decode audio file {path}: {err} (expected a "
                      "PCM wav; re-encode it, e.g. ffmpeg -i IN -ac 1 OUT.wav)"
                      ) from err
+  return wave_from_int16(samples, sample_rate, what=f"audio file {path}")
+
+
+def wave_from_int16(samples: np.ndarray, sample_rate: int,
+                    what: str = "audio") -> tuple[np.ndarray, int]:
+  """int16 samples -> (float32 mono wave, rate), the scale of `load_wav`.
+
+  Args:
+    samples: int16 array of shape (num_samples, channels), as
+      `soundfile.read(..., dtype="int16", always_2d=True)` gives it.
+    sample_rate: Hz.
+    what: names the source in errors.
+
+  Returns:
+    (wave, sample_rate): wave float32 of shape (num_samples,), samples /
+    32768, channels averaged (in float64) when there are several.
+
+  Raises:
+    AudioError: no samples, or not a 2-D int16 array.
+  """
+  samples = np.asarray(samples)
+  if samples.dtype != np.int16 or samples.ndim != 2:
+    raise AudioError(f"{what}: expected int16 samples of shape (samples, "
+                     f"channels), got {samples.dtype} {samples.shape}")
   if samples.shape[0] == 0:
-    raise AudioError(f"audio file {path} contains no samples")
+    raise AudioError(f"{what} contains no samples")
   wave = samples.astype(np.float32) / np.float32(32768.0)
   if wave.shape[1] > 1:
     wave = wave.mean(axis=1, dtype=np.float64).astype(np.float32)
@@ -310,7 +335,9 @@ def _resize_matrix(in_size: int, out_size: int, antialias: bool) -> np.ndarray:
   antialias=True is the triangle filter widened by the downscale factor (PIL,
   torch antialias=True); for upscaling it equals plain bilinear with clamped
   edges (torch antialias=False), which is the only case the published loader
-  hits (64 -> 112 and 64 -> 192).
+  hits (64 -> 112 and 64 -> 192). Without antialias it is
+  `models.layers.linear_resize_matrix` in float32 (data/ may not import
+  models/; tests/test_audio.py checks they agree).
   """
   scale = in_size / out_size
   centre = scale * (np.arange(out_size) + 0.5)  # In input pixel units.

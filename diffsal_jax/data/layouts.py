@@ -20,9 +20,13 @@ import pathlib
 from diffsal_jax.data.issues import Issue
 from diffsal_jax.data.release_files import ReleaseError, read_text_lines
 
-# Folder names of cfgs/dataset.json in the published code.
-AV_DATASETS = ("DIEM", "Coutrot_db1", "Coutrot_db2", "AVAD", "ETMD_av", "SumMe")
+# Command-line (evaluation) name of each AV set -> its folder name in the
+# STAViS package, in the order of cfgs/dataset.json in the published code.
+AV_FOLDERS = {"diem": "DIEM", "coutrot1": "Coutrot_db1", "coutrot2": "Coutrot_db2",
+              "avad": "AVAD", "etmd": "ETMD_av", "summe": "SumMe"}
+AV_DATASETS = tuple(AV_FOLDERS.values())
 FOLDS = (1, 2, 3)
+FOLD_LISTS_DIR = "fold_lists"
 DHF1K_SPLITS = (("train", 1, 600), ("val", 601, 700), ("test", 701, 10**9))
 DHF1K_FPS = 30.0
 
@@ -166,10 +170,36 @@ def parse_fold_list(path: pathlib.Path, issues: list[Issue]) -> list[tuple[str, 
   return entries
 
 
+def read_fold_list(path: pathlib.Path) -> dict[str, int]:
+  """{name: nframes} of a fold list parsed by `parse_fold_list`.
+
+  Raises ReleaseError for the first problem `parse_fold_list` reports
+  (unreadable text, a malformed line), naming the file (and line).
+  """
+  issues: list[Issue] = []
+  entries = parse_fold_list(path, issues)
+  if issues:
+    raise ReleaseError(issues[0].kind, issues[0].path, issues[0].detail)
+  return {name: nframes for name, nframes, _ in entries}
+
+
 def fold_list_names(dataset: str, fold: int) -> dict[str, str]:
-  """{'train': file, 'test': file} of one AV dataset and fold."""
+  """{'train': file, 'test': file} of one AV dataset (folder name) and fold."""
   suffix = "fps" if dataset == "DIEM" else f"{fold}_fps"
   return {split: f"{dataset}_list_{split}_{suffix}.txt" for split in ("train", "test")}
+
+
+def fold_list_path(raw: pathlib.Path, dataset: str, fold: int, split: str) -> pathlib.Path:
+  """`<raw>/fold_lists/<file>` of one dataset, fold and split (may not exist)."""
+  return pathlib.Path(raw) / FOLD_LISTS_DIR / fold_list_names(dataset, fold)[split]
+
+
+def fold_list_paths(raw: pathlib.Path, dataset: str) -> list[pathlib.Path]:
+  """Every fold list of `dataset` the converter reads (all folds and splits),
+  those present, sorted by name (DIEM's one pair counted once)."""
+  paths = {fold_list_path(raw, dataset, fold, split)
+           for fold in FOLDS for split in ("train", "test")}
+  return sorted(p for p in paths if p.is_file())
 
 
 def _av_source(raw: pathlib.Path, dataset: str, name: str, nframes: int, fps: float):
@@ -187,7 +217,7 @@ def _read_av_lists(raw: pathlib.Path, dataset: str, release: Release):
   seen: dict[str, tuple[int, float]] = {}
   for fold in FOLDS:
     for split, file_name in fold_list_names(dataset, fold).items():
-      path = raw / "fold_lists" / file_name
+      path = fold_list_path(raw, dataset, fold, split)
       if not path.is_file():
         release.issues.append(Issue("missing_file", str(path), "fold list not found"))
         continue
@@ -204,7 +234,7 @@ def _read_av_lists(raw: pathlib.Path, dataset: str, release: Release):
 
 def discover_av(raw: pathlib.Path, datasets=AV_DATASETS) -> Release:
   """Videos named in the fold lists of the datasets present under video_frames/."""
-  if not (raw / "fold_lists").is_dir() or not (raw / "video_frames").is_dir():
+  if not (raw / FOLD_LISTS_DIR).is_dir() or not (raw / "video_frames").is_dir():
     raise FileNotFoundError(f"{raw}: fold_lists/ and video_frames/ expected (STAViS "
                             "packaging); --src must be the folder that holds them")
   release = Release("av", [])

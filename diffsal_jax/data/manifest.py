@@ -13,6 +13,8 @@ import os
 import pathlib
 from typing import Any
 
+from diffsal_jax.data import atomic_files
+
 FORMAT = "diffsal-arrayrecord-v1"
 MANIFEST_NAME = "manifest.json"
 SHARD_DIR = "shards"
@@ -77,19 +79,10 @@ class Manifest:
     return dataclasses.asdict(self)
 
 
-def write_json_atomic(path: os.PathLike, obj: Any) -> None:
-  """Writes JSON through a fsynced temp file and os.replace."""
-  path = pathlib.Path(path)
-  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
 def save_manifest(out_dir: os.PathLike, manifest: Manifest) -> None:
-  write_json_atomic(pathlib.Path(out_dir) / MANIFEST_NAME, manifest.to_json())
+  """Writes OUT/manifest.json atomically (`atomic_files.write_json`)."""
+  atomic_files.write_json(pathlib.Path(out_dir) / MANIFEST_NAME,
+                          manifest.to_json(), indent=1)
 
 
 def load_manifest(out_dir: os.PathLike) -> Manifest:

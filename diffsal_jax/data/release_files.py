@@ -1,6 +1,7 @@
 """How the files of a raw release are read, shared by the converter
-(`data_prep convert`) and the evaluator's raw readers (`saliency_io`), so that
-converted and raw ground truth hold the same videos, frames and values.
+(`data_prep convert`) and the evaluator's raw readers
+(`evaluation.release_ground_truth`), so that converted and raw ground truth
+hold the same videos, frames and values.
 
 - Text lists (STAViS fold lists) as editors save them: UTF-8 with or without
   BOM, UTF-16 with BOM, CRLF / CR / LF line ends, trailing blanks.
@@ -39,6 +40,7 @@ from diffsal_jax.data.issues import FIXES
 # AVIs differ from their annotations by 1-2 frames); more means a truncated
 # or mixed-up video and is refused.
 SYNC_SLACK_FRAMES = 2
+FIXATION_VARIABLE = "eyeMap"   # of the STAViS fixation .mat files
 _BOMS = ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
 
 
@@ -195,6 +197,13 @@ def read_mat_variable(source, name: str, path=None) -> np.ndarray:
     raise ReleaseError("bad_fixations", path, f"no variable {name!r}")
   value = content[name]
   return value.toarray() if scipy.sparse.issparse(value) else np.asarray(value)
+
+
+def read_fixation_mat(source, path=None) -> np.ndarray:
+  """Binary fixation map of a STAViS `fixMap_%05d.mat`: bool (H, W), True
+  where variable `FIXATION_VARIABLE` is nonzero (`read_mat_variable`: any
+  MATLAB version, dense or sparse; same `source`/`path` and errors)."""
+  return read_mat_variable(source, FIXATION_VARIABLE, path) > 0
 
 
 def decoded_frame_count(path: pathlib.Path) -> int:

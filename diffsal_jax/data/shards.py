@@ -25,6 +25,7 @@ import numpy as np
 from array_record.python import array_record_module
 from PIL import Image
 
+from diffsal_jax.data import atomic_files
 from diffsal_jax.data import image_rules
 from diffsal_jax.data import manifest as manifest_lib
 
@@ -93,7 +94,8 @@ def unpack_fields(record: bytes) -> dict[str, memoryview]:
 
 
 class ShardWriter:
-  """Writes one shard to `<path>.tmp-<pid>`; `commit` fsyncs and renames it.
+  """Writes one shard to `atomic_files.temp_path(path)`; `commit` fsyncs and
+  renames it.
 
   A crash before `commit` leaves only a temp file (never a partial shard);
   `convert --resume` deletes such leftovers and redoes the video.
@@ -101,7 +103,7 @@ class ShardWriter:
 
   def __init__(self, path: os.PathLike):
     self.path = pathlib.Path(path)
-    self._tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+    self._tmp = atomic_files.temp_path(self.path)
     self._writer = array_record_module.ArrayRecordWriter(str(self._tmp), WRITER_OPTIONS)
     self.num_records = 0
 

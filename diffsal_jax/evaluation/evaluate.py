@@ -6,7 +6,7 @@ r"""Scores saliency predictions with the benchmark metrics.
 
 Prediction layouts (frame = 1-based ground-truth frame number):
   ours       <pred>/<dataset>/<video>/<frame:05d>.png, 8-bit grey, written by
-             `saliency_io.save_prediction` (video = ground-truth folder name,
+             `predictions.save_prediction` (video = ground-truth folder name,
              e.g. 0601 for DHF1K).
   published  DHF1K: <pred>/<video>/<frame>.png (video with or without leading
              zeros, as diff_sal writes them); AV sets: <pred>/<dataset>/
@@ -38,7 +38,9 @@ from diffsal_jax.data import release_files
 from diffsal_jax.data import shards
 from diffsal_jax.evaluation import report as report_lib
 from diffsal_jax.evaluation import metrics
-from diffsal_jax.evaluation import saliency_io
+from diffsal_jax.evaluation import ground_truth
+from diffsal_jax.evaluation import predictions as predictions_lib
+from diffsal_jax.evaluation import release_ground_truth
 
 _SPLIT_DIR = re.compile(r"split(\d+)_results")
 FrameFixations = tuple[tuple[int, int], np.ndarray]  # (shape, flat indices)
@@ -246,9 +248,9 @@ def _run(function, jobs: list, workers: int, desc: str, progress: bool,
     return results
 
 
-def evaluate(source: saliency_io.GroundTruthSource,
+def evaluate(source: ground_truth.GroundTruthSource,
              predictions: Sequence[tuple[int | None,
-                                         saliency_io.PredictionSource]],
+                                         predictions_lib.PredictionSource]],
              options: EvalOptions, workers: int = 1,
              videos: Sequence[str] | None = None,
              progress: bool = True) -> dict:
@@ -349,7 +351,7 @@ def _parser() -> argparse.ArgumentParser:
       "annotation/, or the STAViS data root with annotations/ and "
       "fold_lists/"))
   parser.add_argument("--dataset", required=True,
-                      choices=saliency_io.DATASETS)
+                      choices=ground_truth.DATASETS)
   parser.add_argument("--fold", nargs="+", type=int, help=(
       "fold number of each --pred folder (or, with one folder, the folds to "
       "read from its split<k>_results/). Default: split<k>_results/ found "
@@ -381,7 +383,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   try:
-    source = saliency_io.open_raw_source(args.data, args.dataset)
+    source = release_ground_truth.open_ground_truth(args.data, args.dataset)
     folds = resolve_folds(args.pred, args.fold, args.dataset)
   except (FileNotFoundError, ValueError) as error:
     print(f"error: {error}", file=sys.stderr)
@@ -390,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       args.dataset, sauc_other=args.sauc_other, postprocess=args.postprocess,
       n_splits=args.n_splits, step=args.step, seed=args.seed,
       edge_cases=args.edge_cases)
-  predictions = [(fold, saliency_io.PredictionDir(root, args.dataset))
+  predictions = [(fold, predictions_lib.PredictionDir(root, args.dataset))
                  for fold, root in folds]
   try:
     report = evaluate(source, predictions, options, args.workers,

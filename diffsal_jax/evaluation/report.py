@@ -9,15 +9,14 @@ video, fold and overall, printed and written, never dropped silently.
 from __future__ import annotations
 
 import csv
-import json
 import pathlib
 import sys
 from collections.abc import Sequence
 
 import numpy as np
 
+from diffsal_jax.data import atomic_files
 from diffsal_jax.evaluation import metrics
-from diffsal_jax.evaluation import saliency_io
 
 METRIC_TITLES = ("CC", "SIM", "KLD", "NSS", "AUC-J", "AUC-B", "sAUC")
 
@@ -110,8 +109,8 @@ def write_reports(report: dict, prefix: pathlib.Path) -> list[pathlib.Path]:
   """Writes <prefix>.json (everything) and <prefix>.csv (video and means)."""
   json_path = prefix.with_name(prefix.name + ".json")
   csv_path = prefix.with_name(prefix.name + ".csv")
-  saliency_io.atomic_write(json_path, lambda f: json.dump(
-      _json_safe(report), f, indent=2, allow_nan=False))
+  atomic_files.write_json(json_path, _json_safe(report), indent=2,
+                          allow_nan=False)
 
   def write_csv(stream) -> None:
     writer = csv.writer(stream)
@@ -130,7 +129,7 @@ def write_reports(report: dict, prefix: pathlib.Path) -> list[pathlib.Path]:
       writer.writerow([label, "(mean)", n_frames, n_missing,
                        *(means[n] for n in metrics.METRIC_NAMES)])
 
-  saliency_io.atomic_write(csv_path, write_csv)
+  atomic_files.write_atomic(csv_path, write_csv)
   return [json_path, csv_path]
 
 

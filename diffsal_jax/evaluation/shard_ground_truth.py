@@ -2,9 +2,9 @@
 
 The shards keep each frame's original map file byte for byte and its
 fixations as points at the original resolution, so `ShardGroundTruth` gives
-the same arrays as the raw readers of `saliency_io` (same video names too:
-DHF1K videos are `NNNN`, as the annotation folders; AV videos keep their
-release names). Test videos of AV fold k come from the manifest's folds,
+the same arrays as the raw readers of `release_ground_truth` (same video
+names too: DHF1K videos are `NNNN`, as the annotation folders; AV videos
+keep their release names). Test videos of AV fold k come from the manifest's folds,
 which the converter parsed from the same STAViS fold lists.
 """
 
@@ -18,26 +18,20 @@ import numpy as np
 from diffsal_jax.data import layouts
 from diffsal_jax.data import manifest as manifest_lib
 from diffsal_jax.data import shards
-from diffsal_jax.evaluation import saliency_io
+from diffsal_jax.evaluation import ground_truth
 
 
-def _release_folder(dataset: str) -> str:
-  """Dataset name of the manifest entries for an evaluation `dataset`."""
-  if dataset == "dhf1k":
-    return "DHF1K"
-  if dataset not in saliency_io.AV_FOLDERS:
-    raise ValueError(f"unknown dataset {dataset!r}; choose from "
-                     f"{list(saliency_io.DATASETS)}")
-  return saliency_io.AV_FOLDERS[dataset]
+class ShardGroundTruth(ground_truth.GroundTruthSource):
+  """Maps and fixations of one dataset from an ArrayRecord conversion.
 
-
-class ShardGroundTruth(saliency_io.GroundTruthSource):
-  """Maps and fixations of one dataset from an ArrayRecord conversion."""
+  Raises FileNotFoundError without OUT/manifest.json, ValueError for an
+  unknown `dataset`, a conversion of the other family or one without maps.
+  """
 
   def __init__(self, shards_dir: str | pathlib.Path, dataset: str):
     self.shards_dir = pathlib.Path(shards_dir)
     self.dataset = dataset
-    self.folder = _release_folder(dataset)
+    self.folder = ground_truth.release_folder(dataset)
     self._manifest = manifest_lib.load_manifest(self.shards_dir)
     family = "dhf1k" if dataset == "dhf1k" else "av"
     manifest_path = self.shards_dir / manifest_lib.MANIFEST_NAME
@@ -118,7 +112,7 @@ class ShardGroundTruth(saliency_io.GroundTruthSource):
 
   def read_map(self, video: str, frame_id: int) -> np.ndarray:
     map_file = self._ground_truth(video, frame_id).map_orig
-    return saliency_io.read_grey(io.BytesIO(map_file))
+    return ground_truth.read_grey(io.BytesIO(map_file))
 
   def read_fixations(self, video: str, frame_id: int) -> np.ndarray:
     entry = self._manifest.videos[self._entry_index(video)]

@@ -11,11 +11,11 @@ from __future__ import annotations
 import fractions
 import os
 import pathlib
-import tempfile
 
 import av
 import numpy as np
 
+from diffsal_jax.data import atomic_files
 from diffsal_jax.inference import video_timing
 from diffsal_jax.inference.video_io import AudioTrack
 
@@ -52,10 +52,8 @@ class OverlayWriter:
                size_hw: tuple[int, int], audio: AudioTrack | None):
     self.path = pathlib.Path(path)
     self.path.parent.mkdir(parents=True, exist_ok=True)
-    handle, self._temp = tempfile.mkstemp(dir=self.path.parent, suffix=".mp4",
-                                          prefix=f".{self.path.stem}.")
-    os.close(handle)
-    self._container = av.open(self._temp, "w", format="mp4")
+    self._temp = atomic_files.temp_path(self.path)
+    self._container = av.open(str(self._temp), "w", format="mp4")
     # yuv420p needs even sizes: odd ones get one replicated row/column.
     self._height, self._width = (s + s % 2 for s in size_hw)
     rate = fractions.Fraction(timing.fps).limit_denominator(100000)

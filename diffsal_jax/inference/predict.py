@@ -50,10 +50,11 @@ from absl import logging
 from ml_collections import config_flags
 from PIL import Image
 
+from diffsal_jax.data import atomic_files
 from diffsal_jax.data import audio as audio_lib
 from diffsal_jax.evaluation import metrics
 from diffsal_jax.inference import overlay
-from diffsal_jax.evaluation import saliency_io
+from diffsal_jax.evaluation import predictions
 from diffsal_jax.training import train_config
 from diffsal_jax.inference import video_io
 from diffsal_jax.inference import video_predictor as vp
@@ -93,7 +94,7 @@ def _save_map(out_dir: pathlib.Path, frame: int, saliency: np.ndarray,
               size_hw: tuple[int, int]) -> None:
   full = metrics.resize_map(saliency, size_hw)
   # `video` "" puts the PNGs straight into OUT/<name>/maps/.
-  saliency_io.save_prediction(out_dir, MAPS_DIR, "", frame, full)
+  predictions.save_prediction(out_dir, MAPS_DIR, "", frame, full)
 
 
 def write_maps(predictor: vp.Predictor, source: video_io.FrameSource,
@@ -164,8 +165,8 @@ def write_npz(path: pathlib.Path, maps: dict[int, np.ndarray],
   arrays = {"maps": np.stack([maps[k] for k in frames]), "frames": frames,
             "frame_size": np.array(source.size_hw, np.int32),
             "fps": np.float64(source.fps)}
-  saliency_io.atomic_write(path, lambda f: np.savez_compressed(f, **arrays),
-                           mode="wb")
+  atomic_files.write_atomic(path, lambda f: np.savez_compressed(f, **arrays),
+                            binary=True)
 
 
 def predict_source(predictor: vp.Predictor, source: video_io.FrameSource,

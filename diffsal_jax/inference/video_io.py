@@ -4,8 +4,8 @@ Everything FFmpeg decodes is read through PyAV: any container and codec, any
 frame rate and size. Frames come out as RGB `PIL.Image`s, one pass at a time
 (nothing holds a whole video in memory); audio comes out as int16 samples at
 the track's own rate (or `audio_rate`), at most two channels (FFmpeg downmixes
-surround), and is handed to the model through `diffsal_jax.data.audio.load_wav`,
-the same reader the datasets use.
+surround), and is handed to the model through `diffsal_jax.data.audio`'s
+`wave_from_int16`, the conversion `load_wav` applies to the datasets' wavs.
 
 Every input is probed when its source is made (before any model work):
 timestamps (`video_timing.FrameTiming`), display matrix, decodability; the
@@ -21,7 +21,6 @@ import fractions
 import os
 import pathlib
 import re
-import tempfile
 from typing import Iterator
 
 import av
@@ -56,11 +55,11 @@ class AudioTrack:
     return cls(np.ascontiguousarray(data[:, :2].T), int(rate))
 
   def model_wave(self) -> tuple[np.ndarray, int]:
-    """Mono float32 exactly as `audio.load_wav` reads a wav of this track."""
-    with tempfile.TemporaryDirectory(prefix="diffsal_audio_") as tmp:
-      path = os.path.join(tmp, "track.wav")
-      soundfile.write(path, self.samples.T, self.sample_rate, subtype="PCM_16")
-      return audio_lib.load_wav(path)
+    """Mono float32 (samples,) and the rate, exactly as `audio.load_wav`
+    reads a 16-bit wav of this track (`audio.wave_from_int16`, in memory).
+    Raises audio.AudioError for a track without samples."""
+    return audio_lib.wave_from_int16(self.samples.T, self.sample_rate,
+                                     what=f"audio track ({self.sample_rate} Hz)")
 
 
 def silent_wave(duration: float) -> tuple[np.ndarray, int]:

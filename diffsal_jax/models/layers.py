@@ -101,7 +101,9 @@ def linear_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
 
   Source coordinate `(i + 0.5) * in / out - 0.5`, clamped below at 0; the
   right neighbour index is clamped to `in - 1`. No antialiasing, so
-  downscaling samples exactly like torch.nn.functional.interpolate.
+  downscaling samples exactly like torch.nn.functional.interpolate. float64
+  (out, in). The audio patches' `data.audio._resize_matrix` builds the same
+  matrix (models/ may not import data/; tests/test_audio.py checks it).
   """
   scale = in_size / out_size
   src = np.maximum((np.arange(out_size) + 0.5) * scale - 0.5, 0.0)

@@ -29,6 +29,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from diffsal_jax.training import train_state as ts
@@ -285,16 +286,6 @@ def restore_tree(directory: str) -> dict:
     return checkpointer.restore(directory, target)
 
 
-def _flat(tree: dict, prefix: tuple = ()) -> dict[tuple, Any]:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, prefix + (key,)))
-    else:
-      out[prefix + (key,)] = value
-  return out
-
-
 def _name(path: tuple) -> str:
   # Orbax stores integer keys (list indices) as strings: compare by name.
   return "/".join(map(str, path))
@@ -319,8 +310,9 @@ def load_variables_into(params: nnx.State, batch_stats: nnx.State,
 
 def _copy_matching(state: nnx.State, loaded_tree: dict, where: str
                    ) -> list[str]:
-  current = _flat(state.to_pure_dict())
-  loaded = {_name(p): v for p, v in _flat(loaded_tree).items()}
+  current = traverse_util.flatten_dict(state.to_pure_dict())
+  loaded = {_name(p): v for p, v in
+            traverse_util.flatten_dict(loaded_tree).items()}
   missing, merged = [], {}
   for path, value in current.items():
     name = _name(path)
@@ -336,15 +328,5 @@ def _copy_matching(state: nnx.State, loaded_tree: dict, where: str
   if unused:
     logging.info("%s: %d entries not used by this model, e.g. %s", where,
                  len(unused), unused[:3])
-  nnx.replace_by_pure_dict(state, _nest(merged))
+  nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(merged))
   return missing
-
-
-def _nest(flat: dict[tuple, Any]) -> dict:
-  out: dict = {}
-  for path, value in flat.items():
-    node = out
-    for key in path[:-1]:
-      node = node.setdefault(key, {})
-    node[path[-1]] = value
-  return out

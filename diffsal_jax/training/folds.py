@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from diffsal_jax.training import model_setup
+from diffsal_jax.data import atomic_files
 from diffsal_jax.training import train
 
 FOLDS = (1, 2, 3)
@@ -51,5 +51,6 @@ def run_all_folds(config: ml_collections.ConfigDict,
   names = sorted(set.intersection(*(set(m) for m in results.values())))
   results["mean"] = {n: float(np.nanmean([results[f"fold_{k}"][n]
                                           for k in FOLDS])) for n in names}
-  model_setup.write_json_atomic(os.path.join(workdir, ALL_FOLDS_FILE), results)
+  atomic_files.write_json(os.path.join(workdir, ALL_FOLDS_FILE), results,
+                          indent=2, sort_keys=True)
   return results

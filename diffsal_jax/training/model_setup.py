@@ -8,7 +8,6 @@ fresh start initialises it under `jax.jit` straight into its shardings.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
@@ -17,6 +16,7 @@ import ml_collections
 from absl import logging
 from flax import nnx
 
+from diffsal_jax.data import atomic_files
 from diffsal_jax.training import checkpointing
 from diffsal_jax.data.synthetic import demo_data
 from diffsal_jax.models import api as model_lib
@@ -116,21 +116,16 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str,
                                    model.mesh, split, with_auc=True)
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-
-
 def run_evaluate(config: ml_collections.ConfigDict, workdir: str, split: str,
                  checkpoint: str) -> dict[str, float]:
   """`--mode=evaluate`: scores `checkpoint`, writes <workdir>/eval_<split>.json."""
   config = prepare_config(config, workdir)
   results = evaluate_checkpoint(config, checkpoint, split)
   if jax.process_index() == 0:
-    write_json_atomic(os.path.join(workdir, f"eval_{split}.json"),
-                      {"split": split, "checkpoint": checkpoint, **results})
+    atomic_files.write_json(
+        os.path.join(workdir, f"eval_{split}.json"),
+        {"split": split, "checkpoint": checkpoint, **results},
+        indent=2, sort_keys=True)
   return results
 
 

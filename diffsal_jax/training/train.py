@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from diffsal_jax.data import atomic_files
 from diffsal_jax.training import checkpointing
 from diffsal_jax.data import batch as batch_lib
 from diffsal_jax.data import device_prefetch
@@ -229,8 +230,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   os.makedirs(workdir, exist_ok=True)
   config = model_setup.prepare_config(config, workdir)
   if jax.process_index() == 0:
-    model_setup.write_json_atomic(
-        os.path.join(workdir, model_setup.SAVED_CONFIG), config.to_dict())
+    atomic_files.write_json(
+        os.path.join(workdir, model_setup.SAVED_CONFIG), config.to_dict(),
+        indent=2, sort_keys=True)
   loop = _setup(config, workdir)
   preemption = _Preemption()
   try:
@@ -247,7 +249,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       config, checkpointing.resolve_variables_dir(workdir, "best"),
       config.final_eval_split, model=loop.model, sampler=loop.sampler)
   if jax.process_index() == 0:
-    model_setup.write_json_atomic(os.path.join(workdir, FINAL_METRICS_FILE),
-                      {"split": config.final_eval_split, **results})
+    atomic_files.write_json(os.path.join(workdir, FINAL_METRICS_FILE),
+                            {"split": config.final_eval_split, **results},
+                            indent=2, sort_keys=True)
   logging.info("Final %s metrics: %s", config.final_eval_split, results)
   return results

@@ -16,6 +16,8 @@ import jax
 import tensorboardX
 import tqdm
 
+from diffsal_jax.data import atomic_files
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -32,10 +34,7 @@ def _truncate_after(path: str, step: int) -> None:
         continue  # A line cut short by a kill.
       if record.get("step", math.inf) <= step:
         kept.append(json.dumps(record))
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write("".join(line + "\n" for line in kept))
-  os.replace(tmp, path)
+  atomic_files.write_text(path, "".join(line + "\n" for line in kept))
 
 
 def read_metrics(workdir: str) -> list[dict]:

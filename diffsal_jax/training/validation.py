@@ -30,8 +30,9 @@ from diffsal_jax.models import diffusion
 from diffsal_jax.evaluation import evaluate as evaluate_lib
 from diffsal_jax.data import batch as batch_lib
 from diffsal_jax.data import input_pipeline
+from diffsal_jax.data import layouts
 from diffsal_jax.evaluation import metrics
-from diffsal_jax.evaluation import saliency_io
+from diffsal_jax.evaluation import predictions
 from diffsal_jax.training import train_state as ts
 
 DEVICE_METRICS = {"cc": metrics.cc_jax, "nss": metrics.nss_jax,
@@ -197,7 +198,7 @@ def prediction_folder(entry) -> tuple[str, str]:
   """(dataset, video) folder names that `diffsal_jax.evaluate` reads."""
   if entry.dataset == "DHF1K":
     return "dhf1k", f"{int(entry.name):04d}"
-  by_folder = {v: k for k, v in saliency_io.AV_FOLDERS.items()}
+  by_folder = {v: k for k, v in layouts.AV_FOLDERS.items()}
   return by_folder[entry.dataset], entry.name
 
 
@@ -219,6 +220,6 @@ def predict_split(params, batch_stats, sampler: Callable,
                                       batch["valid"]):
       if valid:
         dataset, folder = prediction_folder(manifest.videos[int(video)])
-        saliency_io.save_prediction(out_dir, dataset, folder, int(frame), m)
+        predictions.save_prediction(out_dir, dataset, folder, int(frame), m)
         written += 1
   return written

@@ -13,18 +13,18 @@ decoding they replace is timed separately and reported per frame.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import pathlib
 import sys
 import tempfile
 import time
 
 import numpy as np
 
+from diffsal_jax.data import atomic_files
 from diffsal_jax.evaluation import evaluate
 from diffsal_jax.evaluation import metrics
-from diffsal_jax.evaluation import saliency_io
+from diffsal_jax.evaluation import ground_truth
+from diffsal_jax.evaluation import predictions
 
 
 def _blobs(rng: np.random.Generator, shape, centres) -> np.ndarray:
@@ -39,7 +39,7 @@ def _blobs(rng: np.random.Generator, shape, centres) -> np.ndarray:
   return np.round(out / out.max() * 255) / 255
 
 
-class SyntheticGroundTruth(saliency_io.GroundTruthSource):
+class SyntheticGroundTruth(ground_truth.GroundTruthSource):
   """Deterministic synthetic videos: maps and fixations from blob centres."""
 
   dataset = "synthetic"
@@ -75,7 +75,7 @@ class SyntheticGroundTruth(saliency_io.GroundTruthSource):
     return fixations
 
 
-class SyntheticPredictions(saliency_io.PredictionSource):
+class SyntheticPredictions(predictions.PredictionSource):
   """Blobs near the true ones, at the model resolution."""
 
   def __init__(self, truth: SyntheticGroundTruth, shape):
@@ -96,12 +96,12 @@ def png_decode_ms(shape, pred_shape, repeats: int = 50) -> float:
   with tempfile.TemporaryDirectory() as folder:
     paths = []
     for size in (shape, shape, pred_shape):  # Map, fixations, prediction.
-      paths.append(saliency_io.save_prediction(
+      paths.append(predictions.save_prediction(
           folder, "x", "v", len(paths), _blobs(rng, size, [(0.5, 0.5)])))
     start = time.perf_counter()
     for _ in range(repeats):
       for path in paths:
-        saliency_io.read_grey(path)
+        ground_truth.read_grey(path)
     return (time.perf_counter() - start) / repeats * 1000
 
 
@@ -160,8 +160,7 @@ def main(argv=None) -> int:
   print("| " + " | ".join(str(figures[k]) for k in keys) + " |")
   print("means: " + ", ".join(f"{k} {v}" for k, v in figures["means"].items()))
   if args.json:
-    saliency_io.atomic_write(pathlib.Path(args.json),
-                             lambda f: json.dump(figures, f, indent=2))
+    atomic_files.write_json(args.json, figures, indent=2)
   return 0
 
 

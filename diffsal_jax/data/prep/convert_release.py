@@ -20,6 +20,7 @@ import time
 import tqdm
 
 from diffsal_jax.data.prep import convert_video
+from diffsal_jax.data import atomic_files
 from diffsal_jax.data import layouts
 from diffsal_jax.data import manifest as manifest_lib
 from diffsal_jax.data.issues import FIXES, Issue
@@ -34,10 +35,10 @@ def _sidecar(shard_dir: pathlib.Path, key: str) -> pathlib.Path:
 def _save_result(shard_dir, result: convert_video.VideoResult, options: convert_video.Options) -> None:
   if result.entry is None:
     return
-  manifest_lib.write_json_atomic(_sidecar(shard_dir, result.key), {
+  atomic_files.write_json(_sidecar(shard_dir, result.key), {
       "options": dataclasses.asdict(options),
       "entry": dataclasses.asdict(result.entry),
-      "issues": [dataclasses.asdict(i) for i in result.issues]})
+      "issues": [dataclasses.asdict(i) for i in result.issues]}, indent=1)
 
 
 def _load_done(shard_dir: pathlib.Path, release, options) -> dict[str, convert_video.VideoResult]:
@@ -137,10 +138,10 @@ def run(args) -> int:
       bar.update(1)
   manifest = _build_manifest(release, results, options)
   manifest_lib.save_manifest(dst, manifest)
-  manifest_lib.write_json_atomic(dst / REPORT_NAME, {
+  atomic_files.write_json(dst / REPORT_NAME, {
       "counts": counts, "problems": sum(i["fatal"] for i in manifest.issues),
       "notes": sum(not i["fatal"] for i in manifest.issues), "issues": manifest.issues,
-      "seconds": time.time() - start})
+      "seconds": time.time() - start}, indent=1)
   _print_summary(manifest, counts, time.time() - start, dst)
   problems = [i for i in manifest.issues if i["fatal"]]
   if problems and not args.skip_bad:

@@ -202,7 +202,7 @@ def _fixation_points(reader: _SourceReader, k: int, map_hw) -> np.ndarray:
   if path.suffix.lower() == ".mat":
     data = reader.read(path)
     try:
-      binary = release_files.read_mat_variable(data, "eyeMap", path) > 0
+      binary = release_files.read_fixation_mat(data, path)
     except release_files.ReleaseError as e:
       reader.fail(e.kind, e.path, e.detail)
   else:

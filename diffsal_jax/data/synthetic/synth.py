@@ -13,6 +13,7 @@ import soundfile
 from PIL import Image
 
 from diffsal_jax.data import layouts
+from diffsal_jax.data import release_files
 from diffsal_jax.data.synthetic import synth_scene
 
 
@@ -80,7 +81,8 @@ def _write_av_video(root, dataset, name, scene, spec) -> None:
     _save_image(frame, frames_dir / f"img_{k:05d}.jpg", quality=90)
     _save_image(sal, annotations / "maps" / f"eyeMap_{k:05d}.jpg", quality=95)
     eye_map = _fixation_image(points, sal.shape) // 255
-    scipy.io.savemat(annotations / f"fixMap_{k:05d}.mat", {"eyeMap": eye_map})
+    scipy.io.savemat(annotations / f"fixMap_{k:05d}.mat",
+                     {release_files.FIXATION_VARIABLE: eye_map})
   wav = root / "video_audio" / dataset / name / f"{name}.wav"
   wav.parent.mkdir(parents=True, exist_ok=True)
   soundfile.write(wav, scene.audio, spec.sample_rate, subtype="PCM_16")
@@ -88,7 +90,7 @@ def _write_av_video(root, dataset, name, scene, spec) -> None:
 
 def _write_fold_lists(root, dataset, names, spec) -> None:
   """Fold k tests the videos i with i % 3 == k-1 (DIEM: one split, last third)."""
-  lists = root / "fold_lists"
+  lists = root / layouts.FOLD_LISTS_DIR
   lists.mkdir(parents=True, exist_ok=True)
   line = lambda n: f"{n} {spec.num_frames} {spec.fps:g}\n"
   folds = [layouts.FOLDS[0]] if dataset == "DIEM" else layouts.FOLDS
