@@ -35,6 +35,7 @@ def _save_result(shard_dir, result: convert_video.VideoResult, options: convert_
   if result.entry is None:
     return
   manifest_lib.write_json_atomic(_sidecar(shard_dir, result.key), {
+      "format": manifest_lib.FORMAT,
       "options": dataclasses.asdict(options),
       "entry": dataclasses.asdict(result.entry),
       "issues": [dataclasses.asdict(i) for i in result.issues]})
@@ -48,6 +49,9 @@ def _load_done(shard_dir: pathlib.Path, release, options) -> dict[str, convert_v
     if not path.is_file():
       continue
     data = json.loads(path.read_text())
+    if data.get("format") != manifest_lib.FORMAT:
+      raise SystemExit(f"{path} was written in shard format {data.get('format', 'v1')!r}, "
+                       f"not {manifest_lib.FORMAT!r}: convert into an empty --dst")
     if data["options"] != dataclasses.asdict(options):
       raise SystemExit(f"{path} was written with {data['options']}, not "
                        f"{dataclasses.asdict(options)}: resume with the same --height, "
