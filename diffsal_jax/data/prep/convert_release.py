@@ -3,8 +3,9 @@
 Each finished video leaves `shards/<video>.array_record` (renamed into place
 only when complete) and then `shards/<video>.json` (its manifest entry). A
 video counts as done only when both exist, so `--resume` after a crash redoes
-the interrupted videos and keeps the others. The manifest and a report of
-all problems are written at the end, atomically.
+the interrupted videos and keeps the others. The manifest, the TFDS
+description of the same shards (`tfds_metadata`) and a report of all
+problems are written at the end, atomically.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 import tqdm
 
 from diffsal_jax.data.prep import convert_video
+from diffsal_jax.data.prep import tfds_metadata
 from diffsal_jax.data import layouts
 from diffsal_jax.data import manifest as manifest_lib
 from diffsal_jax.data.issues import FIXES, Issue
@@ -141,6 +143,7 @@ def run(args) -> int:
       bar.update(1)
   manifest = _build_manifest(release, results, options)
   manifest_lib.save_manifest(dst, manifest)
+  tfds_metadata.write(dst, manifest)
   manifest_lib.write_json_atomic(dst / REPORT_NAME, {
       "counts": counts, "problems": sum(i["fatal"] for i in manifest.issues),
       "notes": sum(not i["fatal"] for i in manifest.issues), "issues": manifest.issues,
