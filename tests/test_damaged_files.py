@@ -46,8 +46,8 @@ def _copy(converted, tmp_path, damage: str | None = None) -> pathlib.Path:
   data = bytearray(path.read_bytes())
   if damage == "flip":
     data[FLIPPED_BYTE] ^= 0x01
-  elif damage == "flip_ground_truth":   # in the first ground-truth record
-    data[data.index(b"DSF1") + 16] ^= 0x01
+  elif damage == "flip_ground_truth":   # in the first frame record's map (frames are jpeg)
+    data[data.index(b"\x89PNG\r\n") + 16] ^= 0x01
   elif damage == "truncate":
     data = data[:len(data) - CUT_BYTES]
   path.write_bytes(bytes(data))

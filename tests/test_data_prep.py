@@ -150,8 +150,8 @@ def test_killed_conversion_leaves_no_partial_shard_and_resumes(tmp_path):
   raw = sd.make_av(tmp_path / "raw", datasets=("DIEM",))
   args = ["convert", "--dataset", "av", "--src", str(raw), "--dst", str(tmp_path / "out"),
           "--height", "64", "--width", "96", "--workers", "1"]
-  # 49 records per video (24 frames, 24 maps, 1 audio chunk): die inside video 2.
-  killed = _run_cli(*args, env_extra={shards.KILL_HOOK_ENV: "70"})
+  # 25 records per video (24 frames with their maps, 1 audio chunk): die inside video 2.
+  killed = _run_cli(*args, env_extra={shards.KILL_HOOK_ENV: "40"})
   assert killed.returncode == -9, killed.stdout + killed.stderr
   shard_dir = tmp_path / "out/shards"
   finished = sorted(p.name for p in shard_dir.glob("*.array_record"))

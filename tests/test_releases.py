@@ -257,7 +257,7 @@ def test_dhf1k_avi_and_maps_a_frame_apart(tmp_path):
   manifest = manifest_lib.load_manifest(tmp_path / "out")
   assert {v.key: v.num_frames for v in manifest.videos} == {
       "DHF1K/1": 5, "DHF1K/2": 6, "DHF1K/601": 6, "DHF1K/701": 6}
-  assert manifest.videos[0].num_records == 5 + 5   # frames and ground truth of 1..5
+  assert manifest.videos[0].num_records == 5   # frames 1..5, each with its ground truth
   [note] = manifest.issues
   assert note["kind"] == "frame_count_adjusted" and not note["fatal"]
   assert "6 decoded AVI frames, 5 maps, 5 fixation files" in note["detail"]

@@ -15,7 +15,7 @@ from typing import Any
 
 from diffsal_jax.data import atomic_files
 
-FORMAT = "diffsal-arrayrecord-v1"
+FORMAT = "diffsal-arrayrecord-v2"   # v2: frame records are tf.train.Examples
 MANIFEST_NAME = "manifest.json"
 SHARD_DIR = "shards"
 
@@ -24,10 +24,10 @@ SHARD_DIR = "shards"
 class VideoEntry:
   """One converted video.
 
-  Records of its shard: frames 1..N at keys 0..N-1 (encoded image bytes);
-  when `has_maps`, the ground truth of frame f at key `gt_offset + f - 1`
-  (see `shards.pack_fields`); when it has audio, `audio['num_chunks']` chunks
-  of `audio['chunk_samples']` samples from key `audio_offset`.
+  Records of its shard: frame f (1..N) at key f - 1, a `tf.train.Example`
+  with the encoded image and, when `has_maps`, the frame's ground truth (see
+  `shards.frame_record`); when it has audio, `audio['num_chunks']` chunks of
+  `audio['chunk_samples']` raw samples from key `audio_offset` (= N).
   """
   key: str                   # 'DHF1K/1', 'AVAD/V1_Speech1'
   dataset: str               # 'DHF1K' or the AV folder name
@@ -39,7 +39,6 @@ class VideoEntry:
   has_fixations: bool
   shard: str                 # file name under OUT/shards/
   num_records: int
-  gt_offset: int = -1
   audio_offset: int = -1
   audio: dict[str, Any] | None = None   # sample_rate, num_samples, dtype, chunk_samples, num_chunks
   empty_map_frames: list[int] = dataclasses.field(default_factory=list)

@@ -1,8 +1,12 @@
 """ArrayRecord shards: one file per video, written atomically, read via grain.
 
 Each shard `OUT/shards/<video>.array_record` holds the records listed in
-`manifest.VideoEntry` (frames, then per-frame ground truth, then audio
-chunks), written with `group_size:1` so that any record is read alone.
+`manifest.VideoEntry`: one per frame (a `tf.train.Example` holding the image
+and, for videos with maps, that frame's ground truth; `frame_record`), then
+the audio chunks (raw samples), written with `group_size:1` so that any
+record is read alone. The frame records are what TFDS reads
+(`prep/tfds_metadata.py`); the Example wire format is written and read here
+without protobuf or TensorFlow.
 `ShardStore` reads them through a single `grain.sources.ArrayRecordDataSource`;
 a shard that cannot be read back raises `DamagedShardError` naming the file,
 its video and the fix. `commit` returns the shard's sha256 and size, which the
@@ -17,7 +21,6 @@ import io
 import os
 import pathlib
 import signal
-import struct
 from typing import Sequence
 
 import grain
@@ -30,7 +33,6 @@ from diffsal_jax.data import image_rules
 from diffsal_jax.data import manifest as manifest_lib
 
 WRITER_OPTIONS = "group_size:1,uncompressed"   # payloads are already compressed
-_MAGIC = b"DSF1"
 # Test-only: SIGKILL this process after writing that many records (simulates
 # a crash in the middle of a shard; see tests/test_data_prep.py).
 KILL_HOOK_ENV = "DATA_PREP_TEST_KILL_AFTER_RECORDS"
@@ -66,31 +68,116 @@ def file_checksum(path: os.PathLike) -> tuple[str, int]:
     return digest.hexdigest(), f.tell()
 
 
-def pack_fields(fields: dict[str, bytes]) -> bytes:
-  """Serialises named byte strings: magic, count, (name, length)*, payloads."""
-  header = [_MAGIC, struct.pack("<I", len(fields))]
-  for name, payload in fields.items():
-    encoded = name.encode()
-    header.append(struct.pack("<H", len(encoded)) + encoded + struct.pack("<Q", len(payload)))
-  return b"".join(header + [bytes(p) for p in fields.values()])
+def _varint(value: int) -> bytes:
+  value &= (1 << 64) - 1   # int64 as protobuf writes it (two's complement)
+  out = bytearray()
+  while value > 0x7F:
+    out.append((value & 0x7F) | 0x80)
+    value >>= 7
+  out.append(value)
+  return bytes(out)
 
 
-def unpack_fields(record: bytes) -> dict[str, memoryview]:
-  if record[:4] != _MAGIC:
-    raise ValueError("not a data_prep ground-truth record (bad magic)")
-  (count,) = struct.unpack_from("<I", record, 4)
-  pos, sizes = 8, []
-  for _ in range(count):
-    (name_len,) = struct.unpack_from("<H", record, pos)
-    name = bytes(record[pos + 2:pos + 2 + name_len]).decode()
-    (size,) = struct.unpack_from("<Q", record, pos + 2 + name_len)
-    sizes.append((name, size))
-    pos += 2 + name_len + 8
-  view, fields = memoryview(record), {}
-  for name, size in sizes:
-    fields[name] = view[pos:pos + size]
-    pos += size
-  return fields
+def _read_varint(data, pos: int) -> tuple[int, int]:
+  value = shift = 0
+  while True:
+    byte = data[pos]
+    value |= (byte & 0x7F) << shift
+    pos += 1
+    if byte < 0x80:
+      return value, pos
+    shift += 7
+
+
+def _length_delimited(field: int, payload: bytes) -> bytes:
+  return _varint(field << 3 | 2) + _varint(len(payload)) + payload
+
+
+def encode_example(features: dict[str, list[bytes] | int]) -> bytes:
+  """A `tf.train.Example` in protobuf wire format, written without protobuf.
+
+  A list of byte strings becomes a `bytes_list`, an int a one-value
+  `int64_list`. Keys are written sorted, as TFDS's own serializer does.
+  """
+  entries = []
+  for name in sorted(features):
+    value = features[name]
+    if isinstance(value, int):
+      inner = _length_delimited(1, _varint(value))          # Int64List.value, packed
+      feature = _length_delimited(3, inner)                 # Feature.int64_list
+    else:
+      inner = b"".join(_length_delimited(1, bytes(v)) for v in value)   # BytesList.value
+      feature = _length_delimited(1, inner)                 # Feature.bytes_list
+    entry = _length_delimited(1, name.encode()) + _length_delimited(2, feature)
+    entries.append(_length_delimited(1, entry))             # Features.feature (map entry)
+  return _length_delimited(1, b"".join(entries))            # Example.features
+
+
+def _fields(data, start: int, end: int):
+  """Yields (field number, payload memoryview or int) of a message's bytes."""
+  pos = start
+  while pos < end:
+    tag, pos = _read_varint(data, pos)
+    if tag & 7 == 2:
+      size, pos = _read_varint(data, pos)
+      yield tag >> 3, data[pos:pos + size]
+      pos += size
+    elif tag & 7 == 0:
+      value, pos = _read_varint(data, pos)
+      yield tag >> 3, value
+    else:
+      raise ValueError(f"unexpected protobuf wire type {tag & 7} in a shard record")
+
+
+def decode_example(record: bytes) -> dict[str, list[memoryview] | list[int]]:
+  """Inverse of `encode_example`: name -> byte strings (views into `record`,
+  no copy) or ints. Raises ValueError for a record that is not such an Example."""
+  view, features = memoryview(record), {}
+  for field, example in _fields(view, 0, len(view)):
+    if field != 1 or isinstance(example, int):
+      raise ValueError("not a data_prep frame record (no Example.features)")
+    for _, entry in _fields(example, 0, len(example)):
+      name, feature = None, None
+      for number, value in _fields(entry, 0, len(entry)):
+        if number == 1:
+          name = bytes(value).decode()
+        elif number == 2:
+          feature = value
+      values = []
+      for kind, lst in _fields(feature, 0, len(feature)):
+        for _, item in _fields(lst, 0, len(lst)):
+          if kind == 1:
+            values.append(item)
+          elif kind == 3:   # packed int64 varints
+            pos = 0
+            while pos < len(item):
+              number, pos = _read_varint(item, pos)
+              values.append(number - (1 << 64) if number >= 1 << 63 else number)
+          else:
+            raise ValueError(f"unsupported Feature kind {kind} in a shard record")
+      features[name] = values
+  return features
+
+
+def frame_record(key: str, frame: int, image: bytes, ground_truth: dict[str, bytes] | None
+                 ) -> bytes:
+  """The record of one frame: its image and, for videos with maps, its ground truth.
+
+  `ground_truth`: 'map' (the PNG of the uint8 (H, W) map at model size),
+  'map_orig' (the release's map file, byte for byte), 'fix' (int32 (K, 2)
+  (row, col) fixations at original size, little-endian bytes). Features:
+  image, map and map_orig (lists of 0 or 1 byte strings), fixations, video
+  (utf-8 key) and frame (1-based int); `tfds_metadata.frame_features`
+  describes them to TFDS.
+  """
+  truth = ground_truth or {}
+  return encode_example({
+      "image": [image],
+      "map": [truth["map"]] if truth else [],
+      "map_orig": [truth["map_orig"]] if truth else [],
+      "fixations": [truth.get("fix", b"")],
+      "video": [key.encode()],
+      "frame": int(frame)})
 
 
 class ShardWriter:
@@ -195,7 +282,8 @@ class ShardStore:
   def encoded_frames(self, video: int, frames: Sequence[int]) -> list[bytes]:
     """Encoded images of 1-based `frames` (duplicates are read once)."""
     unique = sorted(set(frames))
-    data = dict(zip(unique, self._read(video, [self._base[video] + f - 1 for f in unique])))
+    records = self._read(video, [self._base[video] + f - 1 for f in unique])
+    data = {f: decode_example(r)["image"][0] for f, r in zip(unique, records)}
     return [data[f] for f in frames]
 
   def frames_uint8(self, video: int, frames: Sequence[int],
@@ -218,12 +306,12 @@ class ShardStore:
     entry = self.manifest.videos[video]
     if not entry.has_maps:
       raise ValueError(f"video {entry.key} has no maps in {self.out_dir} (test split)")
-    (record,) = self._read(video, [self._base[video] + entry.gt_offset + frame - 1])
-    fields = unpack_fields(record)
+    (record,) = self._read(video, [self._base[video] + frame - 1])
+    fields = decode_example(record)
     return GroundTruth(
-        map=np.asarray(Image.open(io.BytesIO(fields["map"]))),
-        points=np.frombuffer(fields["fix"], np.int32).reshape(-1, 2),
-        map_orig=bytes(fields["map_orig"]))
+        map=np.asarray(Image.open(io.BytesIO(fields["map"][0]))),
+        points=np.frombuffer(fields["fixations"][0], np.int32).reshape(-1, 2),
+        map_orig=bytes(fields["map_orig"][0]))
 
   def audio(self, video: int, start: int = 0, stop: int | None = None) -> np.ndarray:
     """float32 samples [start, stop) of the video's wav, as `audio.load_wav` gave them."""

@@ -6,7 +6,9 @@
 
 `convert` turns a raw release (DHF1K as released or with extracted frames;
 the six audio-visual datasets as packaged by STAViS) into ArrayRecord shards
-plus OUT/manifest.json, read by `diffsal_jax.data.input_pipeline`. `synth` writes
+plus OUT/manifest.json, read by `diffsal_jax.data.input_pipeline`; OUT is also
+a TFDS dataset directory (`tfds.builder_from_directory(OUT)`, one example per
+frame, no TensorFlow needed). `synth` writes
 small learnable synthetic releases in those same layouts. `verify` checks the
 shards of OUT against the checksums `convert` recorded.
 """
@@ -27,7 +29,7 @@ def _add_convert(sub) -> None:
       description="Converts a raw release into one ArrayRecord shard per video (frames "
       "resized to the model resolution with the published PIL rules and stored once, maps "
       "at model resolution plus the original map bytes, fixation points, the wav's own "
-      "samples and rate) and OUT/manifest.json. Bad input is reported with its path; the "
+      "samples and rate), OUT/manifest.json and the TFDS files (dataset_info.json, features.json, metadata.json, tfds/<split>/ links to the shards). Bad input is reported with its path; the "
       "other videos still convert; the exit status is 1 unless --skip_bad.")
   p.add_argument("--dataset", required=True, choices=("dhf1k", "av"),
                  help="dhf1k: video/*.AVI + annotation/, or frames/ + maps/; "

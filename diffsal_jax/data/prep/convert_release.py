@@ -3,8 +3,9 @@
 Each finished video leaves `shards/<video>.array_record` (renamed into place
 only when complete) and then `shards/<video>.json` (its manifest entry). A
 video counts as done only when both exist, so `--resume` after a crash redoes
-the interrupted videos and keeps the others. The manifest and a report of
-all problems are written at the end, atomically.
+the interrupted videos and keeps the others. The manifest, the TFDS
+description of the same shards (`tfds_metadata`) and a report of all
+problems are written at the end, atomically.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 import tqdm
 
 from diffsal_jax.data.prep import convert_video
+from diffsal_jax.data.prep import tfds_metadata
 from diffsal_jax.data import atomic_files
 from diffsal_jax.data import layouts
 from diffsal_jax.data import manifest as manifest_lib
@@ -36,6 +38,7 @@ def _save_result(shard_dir, result: convert_video.VideoResult, options: convert_
   if result.entry is None:
     return
   atomic_files.write_json(_sidecar(shard_dir, result.key), {
+      "format": manifest_lib.FORMAT,
       "options": dataclasses.asdict(options),
       "entry": dataclasses.asdict(result.entry),
       "issues": [dataclasses.asdict(i) for i in result.issues]}, indent=1)
@@ -49,6 +52,9 @@ def _load_done(shard_dir: pathlib.Path, release, options) -> dict[str, convert_v
     if not path.is_file():
       continue
     data = json.loads(path.read_text())
+    if data.get("format") != manifest_lib.FORMAT:
+      raise SystemExit(f"{path} was written in shard format {data.get('format', 'v1')!r}, "
+                       f"not {manifest_lib.FORMAT!r}: convert into an empty --dst")
     if data["options"] != dataclasses.asdict(options):
       raise SystemExit(f"{path} was written with {data['options']}, not "
                        f"{dataclasses.asdict(options)}: resume with the same --height, "
@@ -138,6 +144,7 @@ def run(args) -> int:
       bar.update(1)
   manifest = _build_manifest(release, results, options)
   manifest_lib.save_manifest(dst, manifest)
+  tfds_metadata.write(dst, manifest)
   atomic_files.write_json(dst / REPORT_NAME, {
       "counts": counts, "problems": sum(i["fatal"] for i in manifest.issues),
       "notes": sum(not i["fatal"] for i in manifest.issues), "issues": manifest.issues,

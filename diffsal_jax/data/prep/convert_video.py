@@ -1,7 +1,8 @@
 """Converts one video of a raw release into its ArrayRecord shard.
 
 `convert_video` checks the files first (missing frames, frame counts by the
-`release_files` rule, missing wav), then streams frames, ground truth and audio into a
+`release_files` rule, missing wav), then streams one record per frame (image
+and ground truth, `shards.frame_record`) and the audio chunks into a
 `shards.ShardWriter`, which only becomes a shard on `commit`. Any bad input
 raises `issues.BadInput` naming the file; the shard is then abandoned and the
 other videos are unaffected. The orchestration lives in `convert_release.py`.
@@ -167,12 +168,13 @@ def _to_model_size(reader, function, img, path, *args) -> np.ndarray:
     reader.fail("bad_image_mode", path, str(e))
 
 
-def _write_frames(reader, writer, options: Options, num_frames: int):
-  """Writes frames 1..N; returns (N, fps, frame size).
+def _frame_images(reader, options: Options, num_frames: int):
+  """Yields each frame's encoded image at model size, then returns (N, fps,
+  frame size) (the generator's return value).
 
   For an AVI, N is settled here: its decoded frames vs the annotations by
   the `release_files` rule (frames past the annotations are decoded, counted
-  and not written)."""
+  and not yielded)."""
   src = reader.src
   written, decoded, fps, frame_hw = 0, 0, src.fps, None
   for img, stream_fps in _iter_frames(reader, num_frames):
@@ -184,7 +186,7 @@ def _write_frames(reader, writer, options: Options, num_frames: int):
     array = _to_model_size(reader, image_rules.frame_to_model_size, img,
                            src.avi_path or reader.frames.path(decoded), src.family,
                            options.size_hw)
-    writer.write(image_rules.encode_image(array, options.image_format))
+    yield image_rules.encode_image(array, options.image_format)
     written += 1
   if written == 0:
     reader.fail("bad_video", src.avi_path or src.frames_dir, "no frames decoded")
@@ -193,7 +195,7 @@ def _write_frames(reader, writer, options: Options, num_frames: int):
     for label, found in (("maps", reader.maps), ("fixation files", reader.fixations)):
       if found is not None:
         counts[label] = (found.count, found.directory)
-    written = reader.reconcile(counts)   # <= frames written, so those are 1..N
+    written = reader.reconcile(counts)   # <= frames yielded, so those are 1..N
   return written, fps, frame_hw
 
 
@@ -213,25 +215,39 @@ def _fixation_points(reader: _SourceReader, k: int, map_hw) -> np.ndarray:
   return image_rules.fixation_points(binary)
 
 
-def _write_ground_truth(reader, writer, options: Options, num_frames: int):
-  """Writes one record per frame; returns (original map size, empty-map frames)."""
-  map_hw, empty = None, []
-  for k in range(1, num_frames + 1):
-    path = reader.maps.path(k)
-    img, map_bytes = reader.image(path)
-    map_hw = map_hw or (img.height, img.width)
-    model_map = _to_model_size(reader, image_rules.map_to_model_size, img, path,
-                               options.size_hw)
-    if not model_map.any():
-      empty.append(k)
-      reader.note("empty_map", path, "all-zero map: frame kept, never a training target")
-    points = (_fixation_points(reader, k, (img.height, img.width))
-              if reader.fixations is not None else np.zeros((0, 2), np.int32))
-    writer.write(shards.pack_fields({
-        "map": image_rules.encode_image(model_map, "png"),
-        "map_orig": map_bytes,
-        "fix": points.astype(np.int32).tobytes()}))
-  return map_hw, empty
+def _ground_truth(reader, options: Options, k: int, state: dict) -> dict[str, bytes]:
+  """Frame k's ground truth for `shards.frame_record`; records the original
+  map size and empty-map frames in `state`."""
+  path = reader.maps.path(k)
+  img, map_bytes = reader.image(path)
+  state.setdefault("map_hw", (img.height, img.width))
+  model_map = _to_model_size(reader, image_rules.map_to_model_size, img, path,
+                             options.size_hw)
+  if not model_map.any():
+    state["empty"].append(k)
+    reader.note("empty_map", path, "all-zero map: frame kept, never a training target")
+  points = (_fixation_points(reader, k, (img.height, img.width))
+            if reader.fixations is not None else np.zeros((0, 2), np.int32))
+  return {"map": image_rules.encode_image(model_map, "png"), "map_orig": map_bytes,
+          "fix": points.astype(np.int32).tobytes()}
+
+
+def _write_frames(reader, writer, options: Options, num_frames: int):
+  """Writes one record per frame, its image plus (videos with maps) its
+  ground truth; returns (N, fps, frame size, original map size or None,
+  empty-map frames)."""
+  src, state = reader.src, {"empty": []}
+  images, k = _frame_images(reader, options, num_frames), 0
+  while True:
+    try:
+      image = next(images)
+    except StopIteration as done:
+      count, fps, frame_hw = done.value
+      break
+    k += 1   # <= the annotations' count: `_check_files` capped num_frames there
+    truth = _ground_truth(reader, options, k, state) if src.maps_dir is not None else None
+    writer.write(shards.frame_record(src.key, k, image, truth))
+  return count, fps, frame_hw, state.get("map_hw"), state["empty"]
 
 
 def _write_audio(reader: _SourceReader, writer) -> dict:
@@ -258,15 +274,13 @@ def _write_audio(reader: _SourceReader, writer) -> dict:
 
 def _fill_video(reader, writer, options: Options) -> manifest_lib.VideoEntry:
   src = reader.src
-  num_frames, fps, frame_hw = _write_frames(reader, writer, options, _check_files(reader))
+  num_frames, fps, frame_hw, map_hw, empty = _write_frames(
+      reader, writer, options, _check_files(reader))
   entry = manifest_lib.VideoEntry(
       key=src.key, dataset=src.dataset, name=src.name, num_frames=num_frames, fps=fps,
-      orig_hw=frame_hw, has_maps=src.maps_dir is not None,
-      has_fixations=src.fix_dir is not None, shard=writer.path.name, num_records=0)
-  if entry.has_maps:
-    entry.gt_offset = writer.num_records
-    entry.orig_hw, entry.empty_map_frames = _write_ground_truth(
-        reader, writer, options, num_frames)
+      orig_hw=map_hw or frame_hw, has_maps=src.maps_dir is not None,
+      has_fixations=src.fix_dir is not None, shard=writer.path.name, num_records=0,
+      empty_map_frames=empty)
   if src.wav_path is not None:
     entry.audio_offset = writer.num_records
     entry.audio = _write_audio(reader, writer)
