@@ -28,7 +28,7 @@ from ml_collections import config_flags
 
 from diffsal_jax.training import checkpointing
 from diffsal_jax.training import folds
-from diffsal_jax.training import model_setup
+from diffsal_jax.training import modes
 from diffsal_jax.training import train
 
 MODES = ("train", "evaluate", "predict", "all_folds")
@@ -99,10 +99,10 @@ def main(argv) -> None:
     print(json.dumps(folds.run_all_folds(config, workdir)["mean"], indent=2,
                      sort_keys=True))
   elif FLAGS.mode == "evaluate":
-    print(json.dumps(model_setup.run_evaluate(
+    print(json.dumps(modes.run_evaluate(
         config, workdir, split, _checkpoint(config)), indent=2, sort_keys=True))
   else:
-    model_setup.run_predict(config, workdir, split, _checkpoint(config))
+    modes.run_predict(config, workdir, split, _checkpoint(config))
 
 
 if __name__ == "__main__":

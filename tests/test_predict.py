@@ -26,7 +26,7 @@ from diffsal_jax.data.synthetic import synth
 from diffsal_jax.data.synthetic import synth_scene
 from diffsal_jax.data import audio as audio_lib
 from diffsal_jax.models import api as model_lib
-from diffsal_jax.training import model_setup
+from diffsal_jax.training import modes
 from diffsal_jax.inference import overlay
 from diffsal_jax.inference import predict
 from diffsal_jax.inference import video_io
@@ -351,7 +351,7 @@ def test_av_maps_equal_mains_predict_mode(av_checkpoint, av_predictor,
   config.synthetic_data.enabled = False
   config.data.shards = str(tmp_path / "shards")
   config.data.av_datasets = ("AVAD",)   # fold 1 tests clip_00 alone
-  out_dir = pathlib.Path(model_setup.run_predict(
+  out_dir = pathlib.Path(modes.run_predict(
       config, str(tmp_path / "main"), "test", str(directory)))
   source = video_io.FrameFolder(raw / "video_frames" / "AVAD" / "clip_00", FPS,
                                 raw / "video_audio" / "AVAD" / "clip_00" /
@@ -464,7 +464,7 @@ def test_maps_equal_mains_predict_mode(trained_workdir, cli_outputs, demo_mp4,
       width=width, image_format="png") == 0
   config.synthetic_data.enabled = False
   config.data.shards = str(tmp_path / "shards")
-  out_dir = model_setup.run_predict(config, str(tmp_path / "main"), "test",
+  out_dir = modes.run_predict(config, str(tmp_path / "main"), "test",
                                     str(trained_workdir))
   mains = sorted(pathlib.Path(out_dir).glob("*/*/*.png"))
   ours = np.load(cli_outputs / predict.NPZ)["maps"]

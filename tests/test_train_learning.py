@@ -17,7 +17,7 @@ from diffsal_jax.training import checkpointing
 from diffsal_jax.data.synthetic import demo_data
 from diffsal_jax.data import input_pipeline
 from diffsal_jax.evaluation import metrics
-from diffsal_jax.training import model_setup
+from diffsal_jax.training import modes
 from diffsal_jax.training import train
 from diffsal_jax.training import train_logging
 from tests import demo_run
@@ -74,10 +74,10 @@ def test_evaluate_and_predict_modes(visual_run, tmp_path):
   outputs go to another workdir: the run is shared with other tests)."""
   config, workdir, results = visual_run
   checkpoint = checkpointing.resolve_variables_dir(str(workdir), "best")
-  scored = model_setup.run_evaluate(config, str(tmp_path), "val", checkpoint)
+  scored = modes.run_evaluate(config, str(tmp_path), "val", checkpoint)
   assert scored["cc"] == pytest.approx(results["cc"], rel=1e-5)
   assert (tmp_path / "eval_val.json").is_file()
-  out = pathlib.Path(model_setup.run_predict(config, str(tmp_path), "val",
+  out = pathlib.Path(modes.run_predict(config, str(tmp_path), "val",
                                              checkpoint))
   pngs = sorted(out.glob("dhf1k/*/*.png"))
   table = input_pipeline.clip_table(input_pipeline.validate(config), config,

@@ -42,6 +42,7 @@ from diffsal_jax.models import diffusion
 from diffsal_jax.data import batch as batch_lib
 from diffsal_jax.data import input_pipeline
 from diffsal_jax.training import model_setup
+from diffsal_jax.training import modes
 from diffsal_jax.training import train
 from diffsal_jax.training import train_state as ts
 
@@ -101,7 +102,7 @@ def _train(config, shards: Sequence[int], shard_count: int
 
   started = time.time()
   # Validates it and points config.data.shards at the (already built) set.
-  config = model_setup.prepare_config(config, config.synthetic_data.dir)
+  config = modes.prepare_run(config, config.synthetic_data.dir)
   model = model_setup.initialised_model(config)
   steps_per_epoch, total_steps = train.run_length(config)
   lr_fn = ts.learning_rate_fn(config, steps_per_epoch)

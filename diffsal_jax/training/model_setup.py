@@ -1,6 +1,6 @@
 """Building the model on the device mesh, loading checkpoints, scoring them.
 
-Used by the trainer and by the `evaluate` / `predict` modes of `main.py`.
+Used by the trainer and by the `evaluate` / `predict` modes (`modes.py`).
 The model's structure comes from `nnx.eval_shape` (nothing allocated); a
 fresh start initialises it under `jax.jit` straight into its shardings.
 """
@@ -8,7 +8,6 @@ fresh start initialises it under `jax.jit` straight into its shardings.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import jax
@@ -16,9 +15,7 @@ import ml_collections
 from absl import logging
 from flax import nnx
 
-from diffsal_jax.data import atomic_files
 from diffsal_jax.training import checkpointing
-from diffsal_jax.data.synthetic import demo_data
 from diffsal_jax.models import api as model_lib
 from diffsal_jax.training import train_config
 from diffsal_jax.training import train_state as ts
@@ -27,15 +24,6 @@ from diffsal_jax.training import validation
 
 # A run's resolved config, written by the trainer and read by `predict`.
 SAVED_CONFIG = "config.json"
-
-def prepare_config(config: ml_collections.ConfigDict, workdir: str
-                   ) -> ml_collections.ConfigDict:
-  """Validates `config` (fails naming the field); builds demo data if asked."""
-  train_config.validate_config(config)
-  config = ml_collections.ConfigDict(config.to_dict())
-  if config.synthetic_data.enabled:
-    config.data.shards = demo_data.ensure_synthetic_shards(config, workdir)
-  return config
 
 
 @dataclasses.dataclass
@@ -114,30 +102,3 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str,
   params, batch_stats = load_for_eval(model, config, checkpoint)
   return validation.evaluate_split(params, batch_stats, sampler, config,
                                    model.mesh, split, with_auc=True)
-
-
-def run_evaluate(config: ml_collections.ConfigDict, workdir: str, split: str,
-                 checkpoint: str) -> dict[str, float]:
-  """`--mode=evaluate`: scores `checkpoint`, writes <workdir>/eval_<split>.json."""
-  config = prepare_config(config, workdir)
-  results = evaluate_checkpoint(config, checkpoint, split)
-  if jax.process_index() == 0:
-    atomic_files.write_json(
-        os.path.join(workdir, f"eval_{split}.json"),
-        {"split": split, "checkpoint": checkpoint, **results},
-        indent=2, sort_keys=True)
-  return results
-
-
-def run_predict(config: ml_collections.ConfigDict, workdir: str, split: str,
-                checkpoint: str) -> str:
-  """`--mode=predict`: PNG maps under <workdir>/predictions/<split>."""
-  config = prepare_config(config, workdir)
-  model = abstract_model(config)
-  params, batch_stats = load_for_eval(model, config, checkpoint)
-  sampler = validation.make_sampler(model.model_def, config, model.mesh)
-  out_dir = os.path.join(workdir, "predictions", split)
-  count = validation.predict_split(params, batch_stats, sampler, config,
-                                   model.mesh, split, out_dir)
-  logging.info("wrote %d maps under %s", count, out_dir)
-  return out_dir

@@ -29,6 +29,7 @@ from diffsal_jax.data import device_prefetch
 from diffsal_jax.models import diffusion
 from diffsal_jax.data import input_pipeline
 from diffsal_jax.training import model_setup
+from diffsal_jax.training import modes
 from diffsal_jax.training import train_logging
 from diffsal_jax.training import train_state as ts
 from diffsal_jax.training import validation
@@ -228,7 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   run was preempted (restart it to continue).
   """
   os.makedirs(workdir, exist_ok=True)
-  config = model_setup.prepare_config(config, workdir)
+  config = modes.prepare_run(config, workdir)
   if jax.process_index() == 0:
     atomic_files.write_json(
         os.path.join(workdir, model_setup.SAVED_CONFIG), config.to_dict(),
