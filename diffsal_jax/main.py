@@ -12,12 +12,13 @@ r"""DiffSal training, evaluation and prediction.
 
 Any config value can be overridden with --config.<key>=<value>; unknown keys,
 a missing data folder or a batch size the devices cannot split fail at start.
+Library logs (orbax, JAX, grain) are hidden below ERROR; --verbosity=1
+shows them.
 """
 
 from __future__ import annotations
 
 import json
-import logging as std_logging
 import os
 
 import jax
@@ -26,6 +27,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from diffsal_jax import console
 from diffsal_jax.training import checkpointing
 from diffsal_jax.training import folds
 from diffsal_jax.training import modes
@@ -74,18 +76,10 @@ def _checkpoint(config) -> str:
   return checkpointing.resolve_variables_dir(source, prefer)
 
 
-class _QuietOrbax(std_logging.Filter):
-  """Drops orbax's per-save INFO chatter (its warnings still show)."""
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or (
-        "orbax" not in record.pathname)
-
-
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(_QuietOrbax())
+  console.quiet_libraries()
   _maybe_initialize_distributed()
   logging.info("JAX process %d of %d; %d local of %d devices (%s)",
                jax.process_index(), jax.process_count(),

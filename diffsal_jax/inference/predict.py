@@ -50,6 +50,7 @@ from absl import logging
 from ml_collections import config_flags
 from PIL import Image
 
+from diffsal_jax import console
 from diffsal_jax.data import atomic_files
 from diffsal_jax.data import audio as audio_lib
 from diffsal_jax.evaluation import metrics
@@ -326,6 +327,7 @@ def main(argv) -> int:
 
 def cli() -> None:
   """Runs the command line (flags from sys.argv)."""
+  console.quiet_libraries()
   _define_flags()
   app.run(lambda argv: sys.exit(main(argv)))
 

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 from flax import traverse_util
 
+from diffsal_jax import console
 from diffsal_jax.models import api as model_lib
 
 # (our module path regex, torch module path template). First match wins.
@@ -257,6 +258,7 @@ def _define_flags() -> None:
 def cli() -> None:
   """Runs the command line (flags from sys.argv)."""
   from absl import app  # pylint: disable=import-outside-toplevel
+  console.quiet_libraries()
   _define_flags()
   app.run(main)
 
