@@ -151,3 +151,11 @@ def test_init_from_list_is_validated_path_by_path(config, tmp_path,
                      match=r"'[^']*missing' is not a directory") as error:
     train_config.validate_config(parsed)
   assert "vggish" not in str(error.value)   # only the bad path is named
+
+
+def test_locked_base_rejects_an_unknown_key_where_it_is_written():
+  config = demo.get_config()
+  with pytest.raises(AttributeError, match="learning_rat"):
+    config.learning_rat = 0.1
+  with pytest.raises(AttributeError, match="audio_patches"):
+    config.model.audio_patches = 9   # derived from clip_len, not a setting

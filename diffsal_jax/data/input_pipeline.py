@@ -72,29 +72,48 @@ def _check(ok: bool, message: str) -> None:
     raise ValueError(message)
 
 
+def config_problems(config: ml_collections.ConfigDict, process_count: int = 1,
+                    *, needs_shards: bool = True) -> list[str]:
+  """Problems with the fields this module reads, each naming its field.
+
+  The one place these rules live: `validate` raises the first, and the
+  trainer's `train_config.validate_config` reports them with its own.
+  """
+  data, problems = config.data, []
+
+  def check(ok: bool, message: str) -> None:
+    if not ok:
+      problems.append(message)
+
+  check(data.dataset in DATASETS,
+        f"config.data.dataset={data.dataset!r} must be one of {DATASETS}")
+  check(1 <= data.fold <= 3, f"config.data.fold={data.fold} must be 1, 2 or 3")
+  unknown = set(data.av_datasets) - set(layouts.AV_DATASETS)
+  check(not unknown, f"config.data.av_datasets has unknown {sorted(unknown)}; "
+        f"choose from {layouts.AV_DATASETS}")
+  check(data.num_workers >= 0 and data.num_threads >= 0 and data.prefetch_buffer >= 0,
+        "config.data.num_workers, num_threads and prefetch_buffer must be >= 0")
+  check(data.image_dtype in ("float32", "uint8"),
+        f"config.data.image_dtype={data.image_dtype!r} must be 'float32' or 'uint8'")
+  check(data.val_videos_per_dataset >= 0, "config.data.val_videos_per_dataset must be >= 0")
+  check(config.batch_size >= process_count and config.batch_size % process_count == 0,
+        f"config.batch_size={config.batch_size} must be a multiple of the "
+        f"{process_count} processes")
+  check(config.model.variant != "av" or data.dataset == "av",
+        "config.model.variant='av' needs config.data.dataset='av' (DHF1K has no audio)")
+  check(not needs_shards or (bool(data.shards) and os.path.isdir(data.shards)),
+        f"config.data.shards={data.shards!r} is not a directory: run `python -m "
+        "data_prep convert --dst DIR ...` and set config.data.shards=DIR")
+  return problems
+
+
 def validate(config: ml_collections.ConfigDict, process_count: int = 1
              ) -> manifest_lib.Manifest:
-  """Checks the fields this module reads; returns the shards' manifest."""
+  """Checks the fields this module reads (ValueError naming the first bad
+  one); returns the shards' manifest, checked against the config."""
+  problems = config_problems(config, process_count)
+  _check(not problems, problems[0] if problems else "")
   data = config.data
-  _check(data.dataset in DATASETS,
-         f"config.data.dataset={data.dataset!r} must be one of {DATASETS}")
-  _check(1 <= data.fold <= 3, f"config.data.fold={data.fold} must be 1, 2 or 3")
-  unknown = set(data.av_datasets) - set(layouts.AV_DATASETS)
-  _check(not unknown, f"config.data.av_datasets has unknown {sorted(unknown)}; "
-         f"choose from {layouts.AV_DATASETS}")
-  _check(data.num_workers >= 0 and data.num_threads >= 0 and data.prefetch_buffer >= 0,
-         "config.data.num_workers, num_threads and prefetch_buffer must be >= 0")
-  _check(data.image_dtype in ("float32", "uint8"),
-         f"config.data.image_dtype={data.image_dtype!r} must be 'float32' or 'uint8'")
-  _check(data.val_videos_per_dataset >= 0, "config.data.val_videos_per_dataset must be >= 0")
-  _check(config.batch_size >= process_count and config.batch_size % process_count == 0,
-         f"config.batch_size={config.batch_size} must be a multiple of the "
-         f"{process_count} processes")
-  _check(config.model.variant != "av" or data.dataset == "av",
-         "config.model.variant='av' needs config.data.dataset='av' (DHF1K has no audio)")
-  _check(bool(data.shards) and os.path.isdir(data.shards),
-         f"config.data.shards={data.shards!r} is not a directory: run `python -m "
-         "data_prep convert --dst DIR ...` and set config.data.shards=DIR")
   manifest = manifest_lib.load_manifest(data.shards)
   _check(manifest.dataset == data.dataset, f"config.data.dataset={data.dataset!r} but "
          f"{data.shards} holds {manifest.dataset!r} shards")

@@ -63,6 +63,7 @@ def published_model_config(variant: str = "visual") -> ml_collections.ConfigDict
   c.audio.heads = 2
   c.audio.dim_head = 64
   c.audio.mlp_dim = 256
+  c.lock()   # an unknown key fails where it is written
   return c
 
 

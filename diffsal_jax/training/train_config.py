@@ -1,8 +1,10 @@
 """Every training/evaluation setting, with defaults, and start-up validation.
 
-The experiment files under `configs/` start from `base_config()` and change
-values only; `validate_config` rejects any key the base does not know, so a
-typo fails at start with the field's name instead of being ignored.
+The experiment files under `configs/` start from `base_config()`, a locked
+ConfigDict, and change values only: a typo in a key fails where it is
+written. `validate_config` is the one start-up check (it also rejects
+unknown keys of configs built elsewhere, e.g. a run's saved config.json, and
+reports the data fields' rules of `input_pipeline.config_problems`).
 Values follow the published `cfgs/diffusion.yml` / `util/utils.py` unless
 noted.
 """
@@ -82,6 +84,8 @@ def base_config(variant: str = "visual") -> ml_collections.ConfigDict:
   c.synthetic_data.fps = 25.0
   c.synthetic_data.raw_size = (60, 96)
   c.synthetic_data.seed = 0
+  # Locked: a config file or override naming an unknown key fails at once.
+  c.lock()
   return c
 
 
@@ -118,8 +122,15 @@ def data_parallel_size(config: ml_collections.ConfigDict) -> int:
 def validate_config(config: ml_collections.ConfigDict, *,
                     needs_data: bool = True) -> None:
   """Fails with ConfigError naming the offending field."""
+  from diffsal_jax.data import input_pipeline  # Lazy: keeps this module light.
   variant = config.model.get("variant", "visual")
   problems = _unknown_keys(config, base_config(variant), "config")
+  if problems:   # the rules below read known fields only
+    raise ConfigError("Invalid configuration:\n  " + "\n  ".join(problems))
+  # The data fields' rules live with the loader that reads them.
+  problems = input_pipeline.config_problems(
+      config, jax.process_count(),
+      needs_shards=needs_data and not config.synthetic_data.enabled)
   n_data = data_parallel_size(config)
   if n_data < 1 or jax.device_count() % n_data:
     problems.append(f"config.mesh_data_axis={config.mesh_data_axis} must "
@@ -134,15 +145,6 @@ def validate_config(config: ml_collections.ConfigDict, *,
   if config.param_sharding not in ("replicated", "fsdp"):
     problems.append(f"config.param_sharding={config.param_sharding!r} must be "
                     "'replicated' or 'fsdp'")
-  if variant == "av" and config.data.dataset != "av":
-    problems.append("config.model.variant='av' needs config.data.dataset='av' "
-                    "(DHF1K has no audio)")
-  shards = config.data.shards
-  if needs_data and not config.synthetic_data.enabled and (
-      not shards or not os.path.isdir(shards)):
-    problems.append(f"config.data.shards={shards!r} is not a directory; "
-                    "convert the data with `python -m data_prep convert ...` "
-                    "and pass --config.data.shards=DIR")
   for path in init_from_paths(config):
     if not os.path.isdir(path):
       problems.append(f"config.init_from: {path!r} is not a directory (a "
