@@ -4,7 +4,7 @@ r"""Speed of the evaluation path on synthetic videos.
       --height 360 --width 640 --workers 2 --json out.json]
 
 Scores every frame with all metrics (incl. AUC-Borji and sAUC, 100 splits)
-through `diffsal_jax.evaluate.evaluate`, the function behind the CLI. Ground
+through `diffsal_jax.evaluation.evaluate.evaluate`, the runner behind the CLI. Ground
 truth and predictions come from in-memory sources whose maps are generated
 per frame (a few Gaussian blobs, 8-bit quantised, ~50 fixations); the PNG
 decoding they replace is timed separately and reported per frame.
@@ -25,6 +25,7 @@ from diffsal_jax.evaluation import evaluate
 from diffsal_jax.evaluation import metrics
 from diffsal_jax.evaluation import ground_truth
 from diffsal_jax.evaluation import predictions
+from diffsal_jax.evaluation import scoring
 
 
 def _blobs(rng: np.random.Generator, shape, centres) -> np.ndarray:
@@ -134,8 +135,8 @@ def main(argv=None) -> int:
                                                    args.pred_width)
   truth = SyntheticGroundTruth(args.videos, args.frames, shape,
                                args.fixations)
-  options = evaluate.EvalOptions(sauc_other=args.sauc_other,
-                                 postprocess=args.postprocess)
+  options = scoring.EvalOptions(sauc_other=args.sauc_other,
+                                postprocess=args.postprocess)
   start = time.perf_counter()
   report = evaluate.evaluate(
       truth, [(None, SyntheticPredictions(truth, pred_shape))], options,
