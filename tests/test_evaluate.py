@@ -63,7 +63,7 @@ def dhf1k(tmp_path_factory):
 
 
 def _run_cli(args, out: pathlib.Path) -> dict:
-  assert evaluate.main([*args, "--out", str(out), "--no-progress"]) == 0
+  assert evaluate.main([*args, "--out", str(out), "--noprogress"]) == 0
   assert out.with_suffix(".csv").is_file()
   return json.loads(out.with_suffix(".json").read_text())
 
@@ -187,7 +187,7 @@ def test_av_ours_layout_with_fold_option_matches_direct_metrics(avad):
   root, truth = avad
   report = _run_cli(["--pred", str(root / "ours"), "--data",
                      str(root / "data"), "--dataset", "avad", "--fold", "1",
-                     "2", "--postprocess", "none", "--workers", "1"],
+                     "--fold", "2", "--postprocess", "none", "--workers", "1"],
                     root / "out_ours")
   assert sorted(report["folds"]) == ["1", "2"]
   source = release_ground_truth.open_ground_truth(root / "data", "avad")
@@ -259,6 +259,14 @@ def test_cli_help_explains_layouts(capsys):
     evaluate.main(["--help"])
   assert exit_info.value.code == 0
   assert "pred_sal_%06d.jpg" in capsys.readouterr().out
+
+
+def test_cli_several_values_repeat_the_flag(tmp_path, capsys):
+  with pytest.raises(SystemExit) as exit_info:  # argparse's nargs spelling
+    evaluate.main(["--pred", str(tmp_path), str(tmp_path), "--data",
+                   str(tmp_path), "--dataset", "avad"])
+  assert exit_info.value.code == 2
+  assert "repeat it for several" in capsys.readouterr().err
 
 
 # --- In-memory sources: edge cases, missing frames, subset runs ------------

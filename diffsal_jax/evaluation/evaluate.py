@@ -1,8 +1,16 @@
 r"""Scores saliency predictions with the benchmark metrics.
 
-  python -m diffsal_jax.evaluate --pred DIR [DIR ...] --data SHARDS_OR_RAW \
+  python -m diffsal_jax.evaluate --pred DIR --data SHARDS_OR_RAW \
       --dataset {dhf1k,avad,coutrot1,coutrot2,diem,etmd,summe} \
-      [--fold K ...] [--workers 2] [--out PREFIX]
+      [--workers 2] [--out PREFIX] [--noprogress]
+  python -m diffsal_jax.evaluate --pred f1/ --pred f2/ --pred f3/ \
+      --fold 1 --fold 2 --fold 3 --data /data/stavis --dataset diem
+
+Flags are absl's, as for `main` and `predict`: several folders, folds or
+videos by repeating the flag (`--pred A --pred B`, `--videos 0601 --videos
+0602`), booleans as `--progress` / `--noprogress`. Exit status: 0 scored,
+1 no prediction frame matched the ground truth, 2 bad flags or input (the
+message names the file).
 
 Prediction layouts (frame = 1-based ground-truth frame number):
   ours       <pred>/<dataset>/<video>/<frame:05d>.png, 8-bit grey, written by
@@ -19,7 +27,6 @@ without a prediction are counted per video and fold and reported.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import multiprocessing
@@ -31,7 +38,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import tqdm
+from absl import flags
 
+from diffsal_jax.data import cli_flags
 from diffsal_jax.data import release_files
 from diffsal_jax.data import shards
 from diffsal_jax.evaluation import report as report_lib
@@ -212,50 +221,57 @@ def resolve_folds(pred_dirs: Sequence[str], folds: Sequence[int] | None,
   return splits or [(None, roots[0])]
 
 
-def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-      prog="python -m diffsal_jax.evaluate", description=__doc__,
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--pred", nargs="+", required=True, help=(
-      "prediction folder(s); several folders are folds 1, 2, ... unless "
-      "--fold says otherwise"))
-  parser.add_argument("--data", required=True, metavar="SHARDS_OR_RAW", help=(
-      "ground truth: the output folder of `python -m data_prep convert` "
+def _define_flags(values: flags.FlagValues) -> None:
+  on = {"flag_values": values}
+  flags.DEFINE_multi_string("pred", None, (
+      "Prediction folder (layouts above); several folders are folds 1, 2, ... "
+      "unless --fold says otherwise"), **on)
+  flags.DEFINE_string("data", None, (
+      "Ground truth: the output folder of `python -m data_prep convert` "
       "(holds manifest.json), or the raw release: DHF1K root with "
       "annotation/, or the STAViS data root with annotations/ and "
-      "fold_lists/"))
-  parser.add_argument("--dataset", required=True,
-                      choices=ground_truth.DATASETS)
-  parser.add_argument("--fold", nargs="+", type=int, help=(
-      "fold number of each --pred folder (or, with one folder, the folds to "
-      "read from its split<k>_results/). Default: split<k>_results/ found "
-      "in --pred, else every annotated video that has predictions"))
-  parser.add_argument("--videos", nargs="+", help="only these video names")
-  parser.add_argument("--workers", type=int, default=min(2, os.cpu_count()),
-                      help="worker processes (1 = in this process)")
-  parser.add_argument("--out", help=(
-      "output prefix for .csv and .json (default: <first --pred>/"
-      "metrics_<dataset>)"))
-  parser.add_argument("--sauc-other", choices=("dhf1k", "stavis"), help=(
+      "fold_lists/."), **on)
+  flags.DEFINE_enum("dataset", None, ground_truth.DATASETS, (
+      "Dataset scored; also picks its published protocol (--sauc_other, "
+      "--postprocess)."), **on)
+  flags.DEFINE_multi_integer("fold", None, (
+      "Fold number of each --pred folder, in order, or, with one folder, the "
+      "folds to read from its split<k>_results/. Default: split<k>_results/ "
+      "found in --pred, else every annotated video that has predictions"),
+      **on)
+  flags.DEFINE_multi_string("videos", None, "Only these video names", **on)
+  flags.DEFINE_integer("workers", min(2, os.cpu_count()),
+                       "Worker processes (1 = in this process).", **on)
+  flags.DEFINE_string("out", None, "Output prefix for .csv and .json "
+                      "(default: <first --pred>/metrics_<dataset>).", **on)
+  flags.DEFINE_enum("sauc_other", None, ("dhf1k", "stavis"), (
       "sAUC negatives: dhf1k = 10 random other frames of the evaluated set; "
       "stavis = the same video's other fixations (default: dhf1k for DHF1K, "
-      "stavis for the AV sets)"))
-  parser.add_argument("--postprocess", choices=("none", "stavis"), help=(
-      "prediction post-processing before scoring (default: stavis for the "
-      "AV sets, as their published evaluation does; none for DHF1K)"))
-  parser.add_argument("--n-splits", type=int, help="AUC-B/sAUC draws (100)")
-  parser.add_argument("--step", type=float, help="AUC-B/sAUC step (0.1)")
-  parser.add_argument("--seed", type=int, help="random seed (0)")
-  parser.add_argument("--edge-cases", choices=("mit", "nan"), help=(
-      "degenerate frames: mit (default) scores them as the MIT benchmark "
+      "stavis for the AV sets)."), **on)
+  flags.DEFINE_enum("postprocess", None, ("none", "stavis"), (
+      "Prediction post-processing before scoring (default: stavis for the "
+      "AV sets, as their published evaluation does; none for DHF1K)."), **on)
+  flags.DEFINE_integer("n_splits", None, "AUC-B/sAUC draws (100).", **on)
+  flags.DEFINE_float("step", None, "AUC-B/sAUC threshold step (0.1).", **on)
+  flags.DEFINE_integer("seed", None, "Random seed (0).", **on)
+  flags.DEFINE_enum("edge_cases", None, ("mit", "nan"), (
+      "Degenerate frames: mit (default) scores them as the MIT benchmark "
       "code does (SIM 0 for an all-zero prediction or map, KLD 0 for an "
-      "all-zero map); nan makes those SIM/KLD values NaN and skips them"))
-  parser.add_argument("--no-progress", action="store_true")
-  return parser
+      "all-zero map); nan makes those SIM/KLD values NaN and skips them."),
+      **on)
+  flags.DEFINE_bool("progress", True, "Progress bars on stderr.", **on)
+  flags.mark_flags_as_required(["pred", "data", "dataset"], flag_values=values)
+
+
+_PROG = "python -m diffsal_jax.evaluate"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = _parser().parse_args(argv)
+  """Runs the command on `argv` (without the program name; default
+  sys.argv[1:]); returns the exit status (SystemExit for --help and usage
+  errors, see `cli_flags.parse_or_exit`)."""
+  args, _ = cli_flags.parse_or_exit(
+      _define_flags, sys.argv[1:] if argv is None else argv, __doc__, _PROG)
   try:
     source = release_ground_truth.open_ground_truth(args.data, args.dataset)
     folds = resolve_folds(args.pred, args.fold, args.dataset)
@@ -270,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  for fold, root in folds]
   try:
     report = evaluate(source, predictions, options, args.workers,
-                      args.videos, progress=not args.no_progress)
+                      args.videos, progress=args.progress)
   # A raw file that cannot be used, or a shard damaged on disk: both name
   # the file and the fix.
   except (release_files.ReleaseError, shards.DamagedShardError) as error:
