@@ -55,7 +55,7 @@ def _copy(converted, tmp_path, damage: str | None = None) -> pathlib.Path:
 
 
 def _verify_cli(out, capsys, *extra) -> tuple[int, list[str]]:
-  status = data_prep_cli.main(["verify", str(out), "--no_progress", *extra])
+  status = data_prep_cli.main(["verify", str(out), "--noprogress", *extra])
   return status, capsys.readouterr().out.splitlines()
 
 
@@ -152,7 +152,7 @@ def test_evaluate_on_damaged_shards_names_the_shard(converted, tmp_path, capsys)
       predictions.save_prediction(tmp_path / "pred", "dhf1k", video, frame,
                                   rng.random((30, 48)))
   status = evaluate.main(["--pred", str(tmp_path / "pred"), "--data", str(out),
-                          "--dataset", "dhf1k", "--workers", "1", "--no-progress",
+                          "--dataset", "dhf1k", "--workers", "1", "--noprogress",
                           "--out", str(tmp_path / "metrics")])
   error = capsys.readouterr().err.strip().splitlines()[-1]
   assert status == 2

@@ -13,6 +13,7 @@ import soundfile
 
 from diffsal_jax.data import image_rules
 from diffsal_jax.data import layouts
+from diffsal_jax.data.prep import cli as data_prep_cli
 from diffsal_jax.data import manifest as manifest_lib
 from tools import reference_loader
 from diffsal_jax.data import shards
@@ -232,6 +233,21 @@ def test_cli_help_explains():
   for command in ("convert", "synth"):
     result = _run_cli(command, "--help")
     assert result.returncode == 0 and "--dst" in result.stdout
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "give a command first"),
+    (["bogus"], "unknown command 'bogus'"),
+    (["convert", "--layout", "av", "--src", "x", "--dst", "y"],
+     "--layout is a flag of `synth`, not of `convert`"),
+    (["verify", "a", "b"], "expected OUT"),
+    (["synth", "--dst", "x"], "--layout must have a value"),
+])
+def test_cli_usage_errors_exit_2_and_say_why(argv, message, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    data_prep_cli.main(argv)
+  assert exit_info.value.code == 2
+  assert message in capsys.readouterr().err
 
 
 def test_load_wav_is_what_the_store_keeps(av_release):

@@ -9,6 +9,7 @@ import pytest
 import scipy.io
 
 from diffsal_jax.evaluation import evaluate
+from diffsal_jax.evaluation import scoring
 from diffsal_jax.evaluation import report as report_lib
 from diffsal_jax.evaluation import metrics
 from diffsal_jax.evaluation import ground_truth
@@ -62,7 +63,7 @@ def dhf1k(tmp_path_factory):
 
 
 def _run_cli(args, out: pathlib.Path) -> dict:
-  assert evaluate.main([*args, "--out", str(out), "--no-progress"]) == 0
+  assert evaluate.main([*args, "--out", str(out), "--noprogress"]) == 0
   assert out.with_suffix(".csv").is_file()
   return json.loads(out.with_suffix(".json").read_text())
 
@@ -186,7 +187,7 @@ def test_av_ours_layout_with_fold_option_matches_direct_metrics(avad):
   root, truth = avad
   report = _run_cli(["--pred", str(root / "ours"), "--data",
                      str(root / "data"), "--dataset", "avad", "--fold", "1",
-                     "2", "--postprocess", "none", "--workers", "1"],
+                     "--fold", "2", "--postprocess", "none", "--workers", "1"],
                     root / "out_ours")
   assert sorted(report["folds"]) == ["1", "2"]
   source = release_ground_truth.open_ground_truth(root / "data", "avad")
@@ -206,7 +207,7 @@ def test_stavis_other_map_is_video_union_minus_own_fixations():
   other = np.zeros((4, 5), bool)
   other[2, 2] = other[3, 4] = True
   union = own | other
-  result = evaluate.stavis_other_map(union, own)
+  result = scoring.stavis_other_map(union, own)
   assert result.sum() == 1 and result[3, 4]
 
 
@@ -215,12 +216,12 @@ def test_dhf1k_other_map_pools_ten_other_frames_never_its_own():
   pool = [(shape, np.array([i], np.int32)) for i in range(40)]
   rng = np.random.default_rng(0)
   for own in (0, 17, 39):
-    other = evaluate.dhf1k_other_map(pool, own, 10, rng, shape)
+    other = scoring.dhf1k_other_map(pool, own, 10, rng, shape)
     assert other.sum() == 10
     assert not other.ravel()[own]
   # Frames of another size are rescaled: pixel (1, 1) of 4x4 -> (2, 2).
   mixed = [(shape, np.array([0], np.int32)), ((4, 4), np.array([5]))]
-  other = evaluate.dhf1k_other_map(mixed, 0, 10, rng, shape)
+  other = scoring.dhf1k_other_map(mixed, 0, 10, rng, shape)
   assert other.sum() == 1 and other[3, 3]
 
 
@@ -258,6 +259,14 @@ def test_cli_help_explains_layouts(capsys):
     evaluate.main(["--help"])
   assert exit_info.value.code == 0
   assert "pred_sal_%06d.jpg" in capsys.readouterr().out
+
+
+def test_cli_several_values_repeat_the_flag(tmp_path, capsys):
+  with pytest.raises(SystemExit) as exit_info:  # argparse's nargs spelling
+    evaluate.main(["--pred", str(tmp_path), str(tmp_path), "--data",
+                   str(tmp_path), "--dataset", "avad"])
+  assert exit_info.value.code == 2
+  assert "repeat it for several" in capsys.readouterr().err
 
 
 # --- In-memory sources: edge cases, missing frames, subset runs ------------
@@ -309,7 +318,7 @@ def memory_set():
 def _evaluate(source, preds, **options):
   return evaluate.evaluate(
       source, [(None, _MemoryPredictions(preds))],
-      evaluate.EvalOptions(n_splits=20, **options), progress=False)
+      scoring.EvalOptions(n_splits=20, **options), progress=False)
 
 
 def test_subset_run_gives_the_full_runs_per_video_scores(memory_set):
@@ -321,7 +330,7 @@ def test_subset_run_gives_the_full_runs_per_video_scores(memory_set):
   # --videos b, and a prediction folder holding only b and c.
   only_b = evaluate.evaluate(
       source, [(None, _MemoryPredictions(preds))],
-      evaluate.EvalOptions(n_splits=20), videos=["b"], progress=False)
+      scoring.EvalOptions(n_splits=20), videos=["b"], progress=False)
   assert only_b["folds"]["all"]["videos"]["b"] == full["b"]
   b_and_c = {k: v for k, v in preds.items() if k[0] in ("b", "c")}
   subset = _evaluate(source, b_and_c)["folds"]["all"]["videos"]
@@ -382,13 +391,13 @@ def test_blank_prediction_frames_follow_the_edge_case_option(memory_set):
 def test_stavis_postprocess_matches_postprocess_map():
   pred = np.zeros((20, 20))
   pred[5, 5], pred[12, 14] = 0.5, 0.25
-  out = evaluate.stavis_postprocess(pred)
+  out = scoring.stavis_postprocess(pred)
   # Scaled to max 1 (0.5 -> 1, 0.25 -> 0.5), min-max, 13x13 Gaussian sigma 2
   # (mirrored borders): the other peak is 7 rows away, beyond the radius 6.
   kernel = np.exp(-np.arange(-6, 7) ** 2 / 8.0)
   kernel /= kernel.sum()
   assert out[5, 5] == pytest.approx(kernel[6] ** 2, abs=1e-15)
   assert out[12, 14] == pytest.approx(0.5 * kernel[6] ** 2, abs=1e-15)
-  assert np.isnan(evaluate.stavis_postprocess(np.zeros((4, 4)))).all()
+  assert np.isnan(scoring.stavis_postprocess(np.zeros((4, 4)))).all()
   np.testing.assert_allclose(
-      evaluate.stavis_postprocess(np.full((6, 6), 0.2)), 0.5, atol=1e-15)
+      scoring.stavis_postprocess(np.full((6, 6), 0.2)), 0.5, atol=1e-15)

@@ -57,7 +57,7 @@ def av(tmp_path_factory):
 def _scores(root: pathlib.Path, data: str, dataset: str, *extra) -> dict:
   out = root / f"metrics_{data}_{dataset}"
   args = ["--pred", str(root / "pred"), "--data", str(root / data),
-          "--dataset", dataset, "--workers", "1", "--no-progress",
+          "--dataset", dataset, "--workers", "1", "--noprogress",
           "--out", str(out), *extra]
   assert evaluate.main(args) == 0
   report = json.loads(out.with_suffix(".json").read_text())
@@ -116,7 +116,7 @@ def test_dhf1k_scores_match_raw(dhf1k):
 
 
 def test_avad_fold_scores_match_raw(av):
-  folds = ["--fold", "1", "2", "3"]
+  folds = ["--fold", "1", "--fold", "2", "--fold", "3"]
   from_raw = _scores(av, "raw", "avad", *folds)
   assert sorted(from_raw["folds"]) == ["1", "2", "3"]
   assert from_raw["overall"]["n_frames"] == 3 * NUM_FRAMES

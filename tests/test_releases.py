@@ -217,7 +217,7 @@ def test_stavis_release_as_shipped_scores_the_same_raw_and_converted(tmp_path):
     assert raw_source.videos(fold) == shard_source.videos(fold)
   (tmp_path / "raw_link").symlink_to(raw)
   _write_predictions(raw_source, tmp_path / "pred", seed=3)
-  folds = ["--fold", "1", "2", "3"]
+  folds = ["--fold", "1", "--fold", "2", "--fold", "3"]
   from_raw = _scores(tmp_path, "raw_link", "avad", *folds)
   from_shards = _scores(tmp_path, "shards", "avad", *folds)
   assert json.dumps(from_shards, sort_keys=True) == json.dumps(from_raw, sort_keys=True)
@@ -243,7 +243,7 @@ def test_fold_list_far_off_is_refused_by_name(tmp_path, capsys):
     release_ground_truth.StavisRawSource(raw, "avad").frame_ids("clip_01")
   predictions.save_prediction(tmp_path / "pred", "avad", "clip_01", 1, np.ones((4, 4)))
   code = evaluate.main(["--pred", str(tmp_path / "pred"), "--data", str(raw), "--dataset",
-                        "avad", "--workers", "1", "--no-progress"])
+                        "avad", "--workers", "1", "--noprogress"])
   assert code == 2   # named, not a traceback
   assert f"{raw / 'annotations/AVAD/clip_01'}: " in capsys.readouterr().err
 

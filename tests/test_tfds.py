@@ -160,6 +160,6 @@ def test_cli_convert_is_quiet_and_resume_rewrites_tfds(tmp_path):
   assert len(source) == sum(v.num_frames for v in manifest.videos
                             if v.key in manifest.splits["train"])
   verify = subprocess.run([sys.executable, "-m", "data_prep", "verify", str(out),
-                           "--no_progress"], cwd=REPO, env=env, capture_output=True, text=True,
+                           "--noprogress"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
   assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -6,7 +6,7 @@ the model's resolution; scores are averaged per video (NaN frames skipped),
 then over videos, as the published evaluation does. With `with_auc`, AUC-Judd
 and shuffled AUC (NumPy, on the host) are added for a subsample of at most
 `config.auc_max_frames` clips; sAUC draws its negatives from the other
-sampled frames (the DHF1K protocol of `diffsal_jax.evaluate`).
+sampled frames (the DHF1K protocol of `evaluation.scoring`).
 
 These are quick, resolution-reduced numbers for choosing checkpoints and
 following training; benchmark numbers at the original resolution come from
@@ -27,12 +27,12 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from diffsal_jax.models import diffusion
-from diffsal_jax.evaluation import evaluate as evaluate_lib
 from diffsal_jax.data import batch as batch_lib
 from diffsal_jax.data import input_pipeline
 from diffsal_jax.data import layouts
 from diffsal_jax.evaluation import metrics
 from diffsal_jax.evaluation import predictions
+from diffsal_jax.evaluation import scoring
 from diffsal_jax.training import train_state as ts
 
 DEVICE_METRICS = {"cc": metrics.cc_jax, "nss": metrics.nss_jax,
@@ -153,7 +153,7 @@ class _AucFrames:
       rng = np.random.default_rng([seed, i])
       fixations = np.zeros(fix[0], bool)
       fixations.flat[fix[1]] = True
-      other = evaluate_lib.dhf1k_other_map(self.fixations, i, 10, rng, fix[0])
+      other = scoring.dhf1k_other_map(self.fixations, i, 10, rng, fix[0])
       video = np.array([video])
       sums.add("auc_judd", video, np.array([metrics.auc_judd(
           pred.astype(np.float64), fixations, rng=rng)]))

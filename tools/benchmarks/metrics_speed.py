@@ -4,10 +4,12 @@ r"""Speed of the evaluation path on synthetic videos.
       --height 360 --width 640 --workers 2 --json out.json]
 
 Scores every frame with all metrics (incl. AUC-Borji and sAUC, 100 splits)
-through `diffsal_jax.evaluate.evaluate`, the function behind the CLI. Ground
-truth and predictions come from in-memory sources whose maps are generated
-per frame (a few Gaussian blobs, 8-bit quantised, ~50 fixations); the PNG
-decoding they replace is timed separately and reported per frame.
+through `diffsal_jax.evaluation.evaluate.evaluate`, the runner behind
+`python -m diffsal_jax.evaluate`. Ground truth and predictions come from
+in-memory sources whose maps are generated per frame (a few Gaussian blobs,
+8-bit quantised, ~50 fixations); the PNG decoding they replace is timed
+separately and reported per frame. Options: --sauc_other, --postprocess,
+--pred_height/--pred_width, --noprogress (see --help).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from diffsal_jax.evaluation import evaluate
 from diffsal_jax.evaluation import metrics
 from diffsal_jax.evaluation import ground_truth
 from diffsal_jax.evaluation import predictions
+from diffsal_jax.evaluation import scoring
 
 
 def _blobs(rng: np.random.Generator, shape, centres) -> np.ndarray:
@@ -115,31 +118,32 @@ def main(argv=None) -> int:
                       help="frames per video")
   parser.add_argument("--height", type=int, default=360)
   parser.add_argument("--width", type=int, default=640)
-  parser.add_argument("--pred-height", type=int, default=224,
+  parser.add_argument("--pred_height", type=int, default=224,
                       help="prediction size (resized to the ground truth)")
-  parser.add_argument("--pred-width", type=int, default=384)
+  parser.add_argument("--pred_width", type=int, default=384)
   parser.add_argument("--fixations", type=int, default=50,
                       help="fixations per frame")
-  parser.add_argument("--sauc-other", choices=("dhf1k", "stavis"),
+  parser.add_argument("--sauc_other", choices=("dhf1k", "stavis"),
                       default="dhf1k")
   parser.add_argument("--postprocess", choices=("none", "stavis"),
                       default="none")
   parser.add_argument("--workers", type=int, default=min(2, os.cpu_count()),
                       help="worker processes (1 = in this process)")
   parser.add_argument("--json", help="also write the figures here")
-  parser.add_argument("--no-progress", action="store_true")
+  parser.add_argument("--noprogress", action="store_true",
+                      help="no progress bars")
   args = parser.parse_args(argv)
 
   shape, pred_shape = (args.height, args.width), (args.pred_height,
                                                    args.pred_width)
   truth = SyntheticGroundTruth(args.videos, args.frames, shape,
                                args.fixations)
-  options = evaluate.EvalOptions(sauc_other=args.sauc_other,
-                                 postprocess=args.postprocess)
+  options = scoring.EvalOptions(sauc_other=args.sauc_other,
+                                postprocess=args.postprocess)
   start = time.perf_counter()
   report = evaluate.evaluate(
       truth, [(None, SyntheticPredictions(truth, pred_shape))], options,
-      workers=args.workers, progress=not args.no_progress)
+      workers=args.workers, progress=not args.noprogress)
   seconds = time.perf_counter() - start
   n_frames = report["overall"]["n_frames"]
   figures = {

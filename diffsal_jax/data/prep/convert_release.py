@@ -10,13 +10,13 @@ problems are written at the end, atomically.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import json
 import multiprocessing
 import pathlib
 import time
+import types
 
 import tqdm
 
@@ -125,7 +125,8 @@ def _print_summary(manifest, counts, elapsed: float, dst: pathlib.Path) -> None:
 
 
 def run(args) -> int:
-  """Converts; returns the exit status: 1 when some input was bad (a video or
+  """Converts with the CLI's flags (`args.dataset`, `.src`, `.dst`, ... as
+  attributes); returns the exit status: 1 when some input was bad (a video or
   fold-list line left out) unless --skip_bad; notes alone give 0."""
   start = time.time()
   options = convert_video.Options(args.height, args.width, args.image_format)
@@ -162,7 +163,7 @@ def convert_release(dataset: str, src, dst, *, height: int = 224, width: int = 3
                     image_format: str = "jpeg", workers: int = 1, resume: bool = False,
                     skip_bad: bool = False, dhf1k_fps: float = layouts.DHF1K_FPS) -> int:
   """Python entry point with the CLI's flags; returns the exit status."""
-  return run(argparse.Namespace(
+  return run(types.SimpleNamespace(
       dataset=dataset, src=src, dst=dst, height=height, width=width,
       image_format=image_format, workers=workers, resume=resume, skip_bad=skip_bad,
       dhf1k_fps=dhf1k_fps))

@@ -112,8 +112,8 @@ def report(out_dir: os.PathLike, checks: list[ShardCheck]) -> str:
   return "\n".join(lines)
 
 
-def run(args) -> int:
+def run(out, workers: int, progress: bool = True) -> int:
   """CLI entry: prints the report; 0 when every shard is intact, else 1."""
-  checks = verify(args.out, args.workers, progress=not args.no_progress)
-  print(report(args.out, checks))
+  checks = verify(out, workers, progress=progress)
+  print(report(out, checks))
   return 1 if any(c.problem for c in checks) else 0
