@@ -40,7 +40,8 @@ import numpy as np
 import tqdm
 from absl import flags
 
-from diffsal_jax.data import cli_flags
+from diffsal_jax import cli_flags
+from diffsal_jax import console
 from diffsal_jax.data import release_files
 from diffsal_jax.data import shards
 from diffsal_jax.evaluation import report as report_lib
@@ -308,6 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cli() -> None:
   """Runs the command line (flags from sys.argv)."""
+  console.quiet_libraries()
   sys.exit(main())
 
 

@@ -31,7 +31,8 @@ from collections.abc import Callable, Sequence
 
 from absl import flags
 
-from diffsal_jax.data import cli_flags
+from diffsal_jax import cli_flags
+from diffsal_jax import console
 from diffsal_jax.data import image_rules
 from diffsal_jax.data import layouts
 
@@ -213,6 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cli() -> None:
   """Runs the command line (flags from sys.argv)."""
+  console.quiet_libraries()
   sys.exit(main())
 
 

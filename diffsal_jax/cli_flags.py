@@ -8,8 +8,7 @@ global `flags.FLAGS`), each call parses into a fresh `flags.FlagValues`, so
 tests can call a command's `main([...])` many times in one process without
 DuplicateFlagError, and one command's flags never leak into another's.
 
-Kept in `data`, the lowest layer both command homes (`evaluation`,
-`data.prep`) may import.
+Shared by the commands like `console.py`: every role may import both.
 """
 
 from __future__ import annotations
