@@ -136,8 +136,10 @@ def validate_config(config: ml_collections.ConfigDict, *,
     problems.append(f"config.data.shards={shards!r} is not a directory; "
                     "convert the data with `python -m data_prep convert ...` "
                     "and pass --config.data.shards=DIR")
-  if config.init_from and not os.path.isdir(config.init_from):
-    problems.append(f"config.init_from={config.init_from!r} is not a "
-                    "directory (a converted or trained checkpoint)")
+  # A comma-separated list, applied in order (model_setup._load_init_from).
+  for path in (config.init_from.split(",") if config.init_from else ()):
+    if not os.path.isdir(path):
+      problems.append(f"config.init_from: {path!r} is not a directory (a "
+                      "converted or trained checkpoint)")
   if problems:
     raise ConfigError("Invalid configuration:\n  " + "\n  ".join(problems))
