@@ -61,7 +61,7 @@ def get_config():
   # The lr was 3e-3 until a run on an Intel Xeon ended at val CC 0.60 where
   # an AMD EPYC had reached 0.87-0.90 (float rounding decides when the model
   # starts reading the video); at 1e-3 seeds 0, 1, 2 ended at 0.92, 0.75,
-  # 0.85 on that Xeon. README: "The demos".
+  # 0.85 on that Xeon. docs/training.md: "The demos and what they learn".
   c.learning_rate = 1e-3
   c.lr_decay_fractions = (0.8, 0.9)
   c.diffusion.per_sample_t = True

@@ -50,7 +50,8 @@ def get_config(argument: str = ""):
   # The visual demo's lr (it used 3e-3 then): at 3e-3 some seeds settled on the
   # visual answer (both discs) and never found the audio cue (measured, 1500
   # steps: test CC 0.58 for seeds 1 and 3, 0.85-0.88 for seeds 0, 2, 5); at
-  # 1e-3 seeds 0-6 all found it (test CC 0.84-0.88). README: "The demos".
+  # 1e-3 seeds 0-6 all found it (test CC 0.84-0.88). docs/design.md:
+  # "The audio-visual demo".
   c.learning_rate = 1e-3
   c.num_train_steps = 1500
   return c
