@@ -199,7 +199,7 @@ COMMANDS: dict[str, Run] = {
     "python -m diffsal_jax.evaluate --pred runs/pretrain/predictions/val "
     "--data /data/DHF1K --dataset dhf1k --workers 2":
         Run("evaluate_dhf1k", after=("predict_mode", "shards_dhf1k"),
-            append="--no-progress",
+            append="--noprogress",
             expect=("runs/pretrain/predictions/val/metrics_dhf1k.json",)),
     "python -m diffsal_jax.main --mode=predict --config=configs/av_finetune.py:fold=2 "
     "--workdir=runs/av/fold_2 --config.data.shards=/data/av_shards --split=test":
@@ -208,7 +208,7 @@ COMMANDS: dict[str, Run] = {
             expect=("runs/av/fold_2/predictions/test",)),
     "python -m diffsal_jax.evaluate --pred runs/av/fold_2/predictions/test --fold 2 "
     "--data /data/av_shards --dataset avad":
-        Run("evaluate_avad", after=("predict_mode_av",), append="--no-progress",
+        Run("evaluate_avad", after=("predict_mode_av",), append="--noprogress",
             expect=("runs/av/fold_2/predictions/test/metrics_avad.json",)),
     # ---- docs/data.md
     "python -m data_prep synth --layout av --dst /tmp/raw_av":
@@ -220,7 +220,7 @@ COMMANDS: dict[str, Run] = {
             append="--height 32 --width 64 --workers 2",
             expect=("tmp/shards_av/manifest.json",)),
     "python -m data_prep verify /tmp/shards_av":
-        Run("verify", after=("shards_av_example",), append="--no_progress"),
+        Run("verify", after=("shards_av_example",), append="--noprogress"),
     # ---- docs/performance.md
     "python -m tools.benchmarks.train_step --config=configs/av_finetune.py "
     "--size=published --repeats=3 --profile_top=12 --json=bench_av.json":
@@ -239,7 +239,7 @@ COMMANDS: dict[str, Run] = {
     "python -m tools.benchmarks.metrics_speed":
         Run("bench_metrics",
             append="--videos 2 --frames 4 --height 36 --width 64 "
-                   "--pred-height 32 --pred-width 64 --workers 1 --no-progress "
+                   "--pred_height 32 --pred_width 64 --workers 1 --noprogress "
                    "--json {S}/metrics_speed.json"),
     # ---- docs/multi_host.md
     "GPUS=0,1,2,3 launch/local_gpus.sh configs/pretrain.py runs/pretrain "
