@@ -74,9 +74,12 @@ def test_cpu_dry_run_tiny(tmp_path):
   torch_section = sections["torch_train_b1"]
   try:
     import torch  # noqa: F401
-    assert all(r["median_s"] > 0 for r in torch_section["runs"])
   except ImportError:
     assert "torch is not importable" in torch_section["skipped"]
+  else:
+    # No checkout of the published code here: the section fails by name with
+    # the fix, and the sections after it still run.
+    assert "--reference must point at a checkout" in torch_section["error"]
   assert [r["steps"] for r in sections["jax_sampler"]["runs"]] == [1]
   assert sections["jax_sampler"]["runs"][0]["median_s"] > 0
   assert sections["loader"]["clips_per_s"]["grain_jpeg_uint8"]["threads"] > 0
