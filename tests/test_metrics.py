@@ -10,6 +10,7 @@ import pytest
 import scipy.ndimage
 
 from diffsal_jax.evaluation import metrics
+from diffsal_jax.evaluation import metrics_jax
 
 NAN = float("nan")
 
@@ -78,7 +79,7 @@ def test_auc_from_negatives_by_hand():
   negatives = np.array([[0, 1], [1, 2]])
   assert metrics.auc_from_negatives(pred, fixations, negatives,
                                     step=0.5) == pytest.approx(0.9375)
-  assert float(metrics.auc_from_negatives_jax(
+  assert float(metrics_jax.auc_from_negatives(
       pred, fixations, jnp.asarray(negatives), step=0.5)) == pytest.approx(
           0.9375)
 
@@ -372,13 +373,13 @@ def test_jax_matches_numpy_jitted_and_vmapped(random_batch, name, target):
   kwargs = {"jitter": False} if name == "auc_judd" else {}
   expected = [reference(p.astype(np.float64), t, **kwargs)
               for p, t in zip(preds, targets)]
-  batched = jax.jit(jax.vmap(getattr(metrics, f"{name}_jax")))
+  batched = jax.jit(jax.vmap(getattr(metrics_jax, name)))
   np.testing.assert_allclose(batched(preds, targets), expected, atol=1e-5)
 
 
 def test_jax_sampled_aucs_match_numpy_given_the_same_negatives(random_batch):
   preds, _, fixations, others = random_batch
-  jitted = jax.jit(metrics.auc_from_negatives_jax)
+  jitted = jax.jit(metrics_jax.auc_from_negatives)
   for pred, fix, other in zip(preds, fixations, others):
     for negatives in (
         metrics.borji_negatives(fix.size, int(fix.sum()), 100, rng=0),
@@ -392,7 +393,7 @@ def test_jax_sampled_aucs_match_numpy_given_the_same_negatives(random_batch):
 def test_jax_resizes_predictions_of_another_size():
   rng = np.random.default_rng(10)
   small, gt = _smooth_map(rng, (20, 28)), _smooth_map(rng)
-  assert float(jax.jit(metrics.cc_jax)(small, gt)) == pytest.approx(
+  assert float(jax.jit(metrics_jax.cc)(small, gt)) == pytest.approx(
       metrics.cc(small, gt), abs=1e-5)
 
 
@@ -401,31 +402,31 @@ def test_jax_edge_cases_follow_the_numpy_rules():
   gt, fixations = _smooth_map(rng), _random_fixations(rng)
   flat, empty = jnp.full(gt.shape, 0.3), np.zeros(gt.shape, bool)
   negatives = metrics.borji_negatives(gt.size, 25, 10, rng=0)
-  for value in (metrics.cc_jax(flat, gt), metrics.sim_jax(flat, gt),
-                metrics.nss_jax(flat, fixations),
-                metrics.auc_from_negatives_jax(flat, fixations, negatives),
-                metrics.nss_jax(gt, empty), metrics.auc_judd_jax(gt, empty),
-                metrics.auc_from_negatives_jax(gt, empty, negatives),
-                metrics.sim_jax(gt, jnp.full(gt.shape, 0.5))):
+  for value in (metrics_jax.cc(flat, gt), metrics_jax.sim(flat, gt),
+                metrics_jax.nss(flat, fixations),
+                metrics_jax.auc_from_negatives(flat, fixations, negatives),
+                metrics_jax.nss(gt, empty), metrics_jax.auc_judd(gt, empty),
+                metrics_jax.auc_from_negatives(gt, empty, negatives),
+                metrics_jax.sim(gt, jnp.full(gt.shape, 0.5))):
     assert jnp.isnan(value)
-  assert float(metrics.auc_judd_jax(flat, fixations)) == 0.5
-  assert float(metrics.kld_jax(flat, gt)) == pytest.approx(
+  assert float(metrics_jax.auc_judd(flat, fixations)) == 0.5
+  assert float(metrics_jax.kld(flat, gt)) == pytest.approx(
       metrics.kld(np.full(gt.shape, 0.3), gt), abs=1e-5)
   # The MIT conventions for all-zero maps, as in the NumPy versions.
   blank, zero = jnp.zeros(gt.shape), jnp.zeros(gt.shape)
-  assert float(metrics.sim_jax(blank, gt)) == 0.0
-  assert float(metrics.sim_jax(gt, zero)) == 0.0
-  assert float(metrics.kld_jax(gt, zero)) == 0.0
-  assert float(metrics.kld_jax(blank, gt)) == pytest.approx(
+  assert float(metrics_jax.sim(blank, gt)) == 0.0
+  assert float(metrics_jax.sim(gt, zero)) == 0.0
+  assert float(metrics_jax.kld(gt, zero)) == 0.0
+  assert float(metrics_jax.kld(blank, gt)) == pytest.approx(
       metrics.kld(np.zeros(gt.shape), gt), rel=1e-5)
-  jittered = metrics.auc_judd_jax(gt, fixations, jax.random.key(0))
+  jittered = metrics_jax.auc_judd(gt, fixations, jax.random.key(0))
   assert float(jittered) == pytest.approx(
       metrics.auc_judd(gt, fixations, jitter=False), abs=1e-3)
 
 
 def test_validation_metrics_jax_accepts_channel_last_batches(random_batch):
   preds, gts, fixations, _ = random_batch
-  scores = jax.jit(metrics.validation_metrics_jax)(
+  scores = jax.jit(metrics_jax.validation_metrics)(
       preds[..., None], gts[..., None], fixations[..., None])
   assert sorted(scores) == ["auc_judd", "cc", "kld", "nss", "sim"]
   np.testing.assert_allclose(

@@ -1,11 +1,11 @@
 """Saliency metrics with the MIT saliency benchmark definitions.
 
-NumPy versions (used by `diffsal_jax.evaluate`) follow the MATLAB code of the
+NumPy versions (used by `diffsal_jax.evaluate`) of the MATLAB code of the
 MIT benchmark, cvzoya/saliency `code_forMetrics/` (CC.m, similarity.m,
 KLdiv.m, NSS.m, AUC_Judd.m, AUC_Borji.m, AUC_shuffled.m), edge cases
-included; jittable, vmappable JAX versions (`*_jax`, float32) are used for
-validation during training. All take one `(H, W)` prediction and one `(H, W)`
-ground truth (saliency map, or binary fixation map where named so).
+included; `metrics_jax` holds the jittable float32 twins used for validation
+during training. All take one `(H, W)` prediction and one `(H, W)` ground
+truth (saliency map, or binary fixation map where named so).
 
 Conventions of the MATLAB code:
   * A prediction of another size is resized to the ground-truth size with
@@ -44,10 +44,6 @@ AUC-B needs at least two fixated pixels (AUC_Borji.m returns NaN for one).
 
 from __future__ import annotations
 
-import functools
-
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from diffsal_jax.evaluation.imresize import resize_map, resize_matrix, resize_taps
@@ -61,8 +57,6 @@ RngLike = np.random.Generator | int | None
 
 __all__ = ["resize_map", "resize_matrix", "resize_taps"]  # Re-exported.
 
-
-# --- NumPy versions (the MIT benchmark definitions) --------------------------
 
 
 def _prediction(pred, shape) -> np.ndarray:
@@ -324,160 +318,3 @@ def auc_shuffled(pred: np.ndarray, fixations: np.ndarray,
   negatives = shuffled_negatives(other_fixations, int(fixations.sum()),
                                  n_splits, rng)
   return auc_from_negatives(pred, fixations, negatives, step)
-
-
-# --- JAX versions (jittable, static shapes, vmappable over a batch) ---------
-
-
-def _prediction_jax(pred: jax.Array, shape) -> jax.Array:
-  """Resizes with the same bicubic matrices (shapes are static)."""
-  pred = jnp.asarray(pred, jnp.float32)
-  if pred.shape != tuple(shape):
-    rows = jnp.asarray(resize_matrix(pred.shape[0], shape[0]), jnp.float32)
-    cols = jnp.asarray(resize_matrix(pred.shape[1], shape[1]), jnp.float32)
-    # Full float32 matmuls: accelerators default to lower precision.
-    matmul = functools.partial(jnp.matmul, precision="highest")
-    pred = matmul(matmul(rows, pred), cols.T)
-  return pred
-
-
-def _range_jax(x: jax.Array) -> jax.Array:
-  return x.max() - x.min()
-
-
-def _zscore_jax(x: jax.Array) -> jax.Array:
-  return (x - x.mean()) / jnp.std(x, ddof=1)
-
-
-def _minmax_jax(x: jax.Array) -> jax.Array:
-  return (x - x.min()) / jnp.where(_range_jax(x) > 0, _range_jax(x), 1.0)
-
-
-def cc_jax(pred: jax.Array, gt_map: jax.Array) -> jax.Array:
-  """JAX `cc`."""
-  gt_map = jnp.asarray(gt_map, jnp.float32)
-  pred = _prediction_jax(pred, gt_map.shape)
-  a, b = pred - pred.mean(), gt_map - gt_map.mean()
-  denom = jnp.sqrt((a * a).sum() * (b * b).sum())
-  defined = (_range_jax(pred) > 0) & (_range_jax(gt_map) > 0)
-  return jnp.where(defined, (a * b).sum() / jnp.where(defined, denom, 1.0),
-                   jnp.nan)
-
-
-def _sim_distribution_jax(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """`_sim_distribution`: (distribution, defined)."""
-  nonzero = jnp.any(x != 0)
-  y = _minmax_jax(x)
-  y = y / jnp.where(y.sum() > 0, y.sum(), 1.0)
-  return jnp.where(nonzero, y, 0.0), ~nonzero | (_range_jax(x) > 0)
-
-
-def sim_jax(pred: jax.Array, gt_map: jax.Array) -> jax.Array:
-  """JAX `sim` (all-zero maps give 0, constant non-zero maps NaN)."""
-  gt_map = jnp.asarray(gt_map, jnp.float32)
-  pred = _prediction_jax(pred, gt_map.shape)
-  a, a_defined = _sim_distribution_jax(pred)
-  b, b_defined = _sim_distribution_jax(gt_map)
-  return jnp.where(a_defined & b_defined, jnp.minimum(a, b).sum(), jnp.nan)
-
-
-def kld_jax(pred: jax.Array, gt_map: jax.Array) -> jax.Array:
-  """JAX `kld` (an all-zero ground truth gives 0)."""
-  gt_map = jnp.asarray(gt_map, jnp.float32)
-  pred = jnp.maximum(_prediction_jax(pred, gt_map.shape), 0.0)
-  pred = pred / jnp.where(jnp.any(pred != 0), pred.sum(), 1.0)
-  gt_map = gt_map / jnp.where(jnp.any(gt_map != 0), gt_map.sum(), 1.0)
-  return (gt_map * jnp.log(EPS + gt_map / (pred + EPS))).sum()
-
-
-def nss_jax(pred: jax.Array, fixations: jax.Array) -> jax.Array:
-  """JAX `nss`."""
-  fixations = jnp.asarray(fixations) > 0
-  pred = _prediction_jax(pred, fixations.shape)
-  n_fix = fixations.sum()
-  z = _zscore_jax(pred)
-  score = jnp.where(fixations, z, 0.0).sum() / jnp.maximum(n_fix, 1)
-  return jnp.where((n_fix > 0) & (_range_jax(pred) > 0), score, jnp.nan)
-
-
-def _trapezoid_jax(x: jax.Array, y: jax.Array) -> jax.Array:
-  return (jnp.diff(x, axis=0) * (y[1:] + y[:-1]) / 2).sum(axis=0)
-
-
-def auc_judd_jax(pred: jax.Array, fixations: jax.Array,
-                 key: jax.Array | None = None) -> jax.Array:
-  """JAX `auc_judd`; jitter only when a PRNG `key` is given."""
-  fixations = jnp.asarray(fixations) > 0
-  pred = _prediction_jax(pred, fixations.shape)
-  fixations = fixations.ravel()
-  constant = _range_jax(pred) == 0
-  if key is not None:
-    pred = pred + jax.random.uniform(key, pred.shape) * JUDD_JITTER
-  values = _minmax_jax(pred).ravel()
-  n_pixels, n_fix = values.size, fixations.sum()
-  # Fixated values in descending order first; the rest map to the end point.
-  thresholds = -jnp.sort(-jnp.where(fixations, values, -jnp.inf))
-  above = n_pixels - jnp.searchsorted(jnp.sort(values), thresholds, "left")
-  rank = jnp.arange(1, n_pixels + 1)
-  valid = rank <= n_fix
-  tp = jnp.where(valid, rank / jnp.maximum(n_fix, 1), 1.0)
-  fp = jnp.where(valid, (above - rank) / jnp.maximum(n_pixels - n_fix, 1),
-                 1.0)
-  tp = jnp.concatenate([jnp.zeros(1), tp, jnp.ones(1)])
-  fp = jnp.concatenate([jnp.zeros(1), fp, jnp.ones(1)])
-  score = jnp.where(constant, 0.5, _trapezoid_jax(fp, tp))
-  return jnp.where((n_fix > 0) & (n_fix < n_pixels), score, jnp.nan)
-
-
-def auc_from_negatives_jax(pred: jax.Array, fixations: jax.Array,
-                           negative_idx: jax.Array,
-                           negative_valid: jax.Array | None = None,
-                           step: float = 0.1) -> jax.Array:
-  """JAX `auc_from_negatives`; `negative_valid` masks padded negatives.
-
-  One threshold grid `0:step:1` for every split instead of `0:step:m_s`: the
-  same area except where a value ties a threshold to the last bit, which
-  float32 maps cannot reproduce anyway (8-bit maps may differ by ~1e-3).
-  """
-  fixations = (jnp.asarray(fixations) > 0)
-  pred = _prediction_jax(pred, fixations.shape)
-  values = _minmax_jax(pred).ravel()
-  fixations = fixations.ravel()
-  grid = jnp.asarray(threshold_grid(step), jnp.float32)
-  n_fix = fixations.sum()
-  tp = ((values[None] >= grid[:, None]) & fixations[None]).sum(1)
-  tp = tp / jnp.maximum(n_fix, 1)
-  if negative_valid is None:
-    negative_valid = jnp.ones(negative_idx.shape, bool)
-  negative_valid = jnp.broadcast_to(negative_valid, negative_idx.shape)
-  n_neg = negative_valid.sum(axis=0)  # (n_splits,)
-  hits = (values[negative_idx][None] >= grid[:, None, None]) & negative_valid
-  fp = hits.sum(axis=1) / jnp.maximum(n_neg, 1)  # (T, n_splits)
-  n_splits = negative_idx.shape[1]
-  zeros, ones = jnp.zeros((1, n_splits)), jnp.ones((1, n_splits))
-  tp = jnp.concatenate([zeros, jnp.repeat(tp[:, None], n_splits, 1), ones])
-  fp = jnp.concatenate([zeros, fp, ones])
-  score = _trapezoid_jax(fp, tp).mean()
-  defined = (n_fix > 0) & (_range_jax(pred) > 0) & jnp.all(n_neg > 0)
-  return jnp.where(defined, score, jnp.nan)
-
-
-def validation_metrics_jax(pred: jax.Array, gt_map: jax.Array,
-                           fixations: jax.Array | None = None
-                           ) -> dict[str, jax.Array]:
-  """Per-sample metrics of a batch, for validation inside a jitted step.
-
-  pred and gt_map: (B, H, W) or (B, H, W, 1) (pred may have another H, W);
-  fixations: binary, like gt_map, or None to skip NSS and AUC-Judd.
-  Returns {name: (B,)} with NaN where a metric is undefined.
-  """
-  squeeze = lambda x: x[..., 0] if x.ndim == 4 else x  # noqa: E731
-  pred, gt_map = squeeze(jnp.asarray(pred)), squeeze(jnp.asarray(gt_map))
-  scores = {"cc": jax.vmap(cc_jax)(pred, gt_map),
-            "sim": jax.vmap(sim_jax)(pred, gt_map),
-            "kld": jax.vmap(kld_jax)(pred, gt_map)}
-  if fixations is not None:
-    fixations = squeeze(jnp.asarray(fixations))
-    scores["nss"] = jax.vmap(nss_jax)(pred, fixations)
-    scores["auc_judd"] = jax.vmap(auc_judd_jax)(pred, fixations)
-  return scores

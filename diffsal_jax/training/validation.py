@@ -31,12 +31,13 @@ from diffsal_jax.data import batch as batch_lib
 from diffsal_jax.data import input_pipeline
 from diffsal_jax.data import layouts
 from diffsal_jax.evaluation import metrics
+from diffsal_jax.evaluation import metrics_jax
 from diffsal_jax.evaluation import predictions
 from diffsal_jax.evaluation import scoring
 from diffsal_jax.training import train_state as ts
 
-DEVICE_METRICS = {"cc": metrics.cc_jax, "nss": metrics.nss_jax,
-                  "sim": metrics.sim_jax, "kld": metrics.kld_jax}
+DEVICE_METRICS = {"cc": metrics_jax.cc, "nss": metrics_jax.nss,
+                  "sim": metrics_jax.sim, "kld": metrics_jax.kld}
 _TRUTH_INPUT = {"cc": "map", "sim": "map", "kld": "map", "nss": "fixations"}
 # Folded into the seed for the sampling noise of evaluation and prediction,
 # so it differs from the training noise; the video predictor uses it too.
