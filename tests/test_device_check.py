@@ -57,7 +57,11 @@ def test_mmcv_shim_builds_like_mmcv():
     registry.register_module()(Box)
 
 
-def test_cpu_dry_run_tiny(tmp_path):
+def test_cpu_dry_run_tiny(tmp_path, monkeypatch):
+  # The section processes inherit this: XLA:CPU's cheapest compile (the dry
+  # run checks the script, not the speed).
+  monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0 "
+                     "--xla_llvm_disable_expensive_passes=true")
   report = device_check.main([
       f"--out={tmp_path}", "--size=tiny", "--batches=1", "--dtypes=float32",
       "--sampling_steps=1", "--repeats=1", "--loader_workers=1", "--loader_batches=1",

@@ -331,9 +331,8 @@ def _env(session: pathlib.Path) -> dict[str, str]:
            if not f.startswith("--xla_force_host_platform_device_count")]
   flags += ["--xla_backend_optimization_level=0",
             "--xla_llvm_disable_expensive_passes=true"]
+  # The session's compilation cache (tests/conftest.py) is inherited.
   env.update(XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu",
-             JAX_COMPILATION_CACHE_DIR=str(session / "jax_cache"),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="2",
              PYTHON=sys.executable, PYTHONUNBUFFERED="1")
   return env
 

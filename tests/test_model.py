@@ -1,4 +1,6 @@
-"""Tiny-config model behaviour: shapes, encode/denoise split, train mode, config errors."""
+"""Model behaviour on the demo-size config (configs/demo.py, the smallest with
+every published component): shapes, encode/denoise split, train mode,
+gradients; remat and config errors on the tiny config."""
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +10,7 @@ import pytest
 from diffsal_jax.models import api as model_lib
 from diffsal_jax.models.config import tiny_model_config
 from diffsal_jax.models.config import num_audio_patches
+from configs.demo import demo_model_config
 
 
 def _inputs(cfg, batch=2, seed=0):
@@ -23,7 +26,7 @@ def _inputs(cfg, batch=2, seed=0):
 
 @pytest.fixture(scope="module", params=["visual", "av"])
 def tiny(request):
-  cfg = tiny_model_config(request.param)
+  cfg = demo_model_config(request.param)
   return cfg, model_lib.build_model(cfg, seed=0)
 
 
@@ -59,7 +62,7 @@ def test_train_mode_updates_batch_stats_and_dropout_is_keyed(tiny):
 def test_every_subnetwork_gets_gradient():
   # The model itself stops no gradient: freezing VGGish is the trainer's
   # job (config.frozen_subtrees), so a config can also fine-tune it.
-  cfg = tiny_model_config("av")
+  cfg = demo_model_config("av")
   model = model_lib.build_model(cfg)
   img, x_t, t, audio = (jnp.asarray(a) for a in _inputs(cfg))
   graphdef, variables = model_lib.split(model)
@@ -69,7 +72,7 @@ def test_every_subnetwork_gets_gradient():
     return jnp.sum(m(img, x_t, t, audio) ** 2)
 
   # Jitted: op by op, the backward pass compiles thousands of small kernels
-  # (335 s on a 2-core Xeon).
+  # (335 s on a 2-core Xeon for the tiny config).
   grads = jax.jit(jax.grad(loss))(variables["params"])
   norm = lambda tree: sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(tree))
   for name in ("audio_net", "spatiotemp_net", "visual_net", "decoder_net"):
@@ -80,6 +83,8 @@ def test_mvit_remat_keeps_outputs_and_gradients():
   # Recomputing the MViT blocks in the backward pass is a memory trade only.
   results = []
   for remat in (False, True):
+    # The tiny config: at the demo size some gradients are rounding noise
+    # (entries that are zero in exact arithmetic) and cannot be compared.
     cfg = tiny_model_config("visual")
     cfg.mvit.remat = remat
     model = model_lib.build_model(cfg, seed=3)
@@ -101,7 +106,7 @@ def test_mvit_remat_keeps_outputs_and_gradients():
 
 
 def test_fix_quirks_variant_runs_and_differs():
-  cfg = tiny_model_config("av")
+  cfg = demo_model_config("av")
   fixed = cfg.copy_and_resolve_references()
   fixed.fix_quirks = True
   img, x_t, t, audio = _inputs(cfg)

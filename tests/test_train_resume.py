@@ -3,8 +3,8 @@ so does one whose latest checkpoint was damaged on disk (it resumes from the
 previous one).
 
 Runs the real command line (`python -m diffsal_jax.main`) on the demo config
-with a short schedule. The runs share a JAX compilation cache so only the
-first one compiles.
+with a short schedule. The runs share the session's JAX compilation cache,
+so only the first one compiles.
 """
 
 import logging
@@ -42,8 +42,13 @@ def straight_run(run_env):
 @pytest.fixture(scope="module")
 def run_env(tmp_path_factory):
   root = tmp_path_factory.mktemp("resume")
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"),
-             PYTHONPATH=str(REPO))
+  # Every run compiles with the same flags (XLA:CPU's cheapest compile), so
+  # the runs stay comparable bit for bit.
+  flags = os.environ.get("XLA_FLAGS", "").split() + [
+      "--xla_backend_optimization_level=0",
+      "--xla_llvm_disable_expensive_passes=true"]
+  # The session's compilation cache (tests/conftest.py) is inherited.
+  env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS=" ".join(flags))
   return root, env
 
 
