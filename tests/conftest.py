@@ -30,7 +30,8 @@ def fixtures_dir():
 
 # Tests sharing a session-wide training run go to one xdist worker
 # (`--dist loadgroup`, set in pyproject.toml): the run is trained there once
-# and no other worker sits idle on its file lock (tests/demo_run.py).
+# and no other worker sits idle on its file lock (tests/demo_run.py). xdist
+# hands out the largest groups first, so the two long runs start at once.
 XDIST_GROUPS = {"visual_run": "demo_run", "trained_workdir": "demo_run",
                 "av_run": "demo_av_run"}
 
@@ -57,6 +58,7 @@ def pytest_unconfigure(config):
     shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.hookimpl(tryfirst=True)   # before xdist reads the groups
 def pytest_collection_modifyitems(items):
   for item in items:
     groups = {XDIST_GROUPS[f] for f in getattr(item, "fixturenames", ())
