@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from diffsal_jax.evaluation import metrics
 from diffsal_jax.evaluation.imresize import resize_matrix
 
+
 def _prediction(pred: jax.Array, shape) -> jax.Array:
   """Resizes with the same bicubic matrices (shapes are static)."""
   pred = jnp.asarray(pred, jnp.float32)
