@@ -28,14 +28,6 @@ def fixtures_dir():
   return FIXTURES
 
 
-# Tests sharing a session-wide training run go to one xdist worker
-# (`--dist loadgroup`, set in pyproject.toml): the run is trained there once
-# and no other worker sits idle on its file lock (tests/demo_run.py). xdist
-# hands out the largest groups first, so the two long runs start at once.
-XDIST_GROUPS = {"visual_run": "demo_run", "trained_workdir": "demo_run",
-                "av_run": "demo_av_run"}
-
-
 def pytest_configure(config):
   """One persistent compilation cache for the session, shared by the xdist
   workers and every command the tests start (they inherit the environment):
@@ -56,6 +48,14 @@ def pytest_unconfigure(config):
   folder = getattr(config, "_diffsal_cache", None)
   if folder:
     shutil.rmtree(folder, ignore_errors=True)
+
+
+# Tests sharing a session-wide training run go to one xdist worker
+# (`--dist loadgroup`, set in pyproject.toml): the run is trained there once
+# and no other worker sits idle on its file lock (tests/demo_run.py). xdist
+# hands out the largest groups first, so the two long runs start at once.
+XDIST_GROUPS = {"visual_run": "demo_run", "trained_workdir": "demo_run",
+                "av_run": "demo_av_run"}
 
 
 @pytest.hookimpl(tryfirst=True)   # before xdist reads the groups

@@ -14,6 +14,7 @@ sys.path.insert(0, str(REPO / "tools"))
 
 import device_check  # noqa: E402
 import published_reference  # noqa: E402
+from tools.multiprocess_check import FAST_COMPILE_FLAGS  # noqa: E402
 
 # Shrinks the tiny model further so the dry run compiles in about a minute.
 SMALL = ["--model_override=mvit.depth=4", "--model_override=mvit.downscale_blocks=[1,2,3]",
@@ -60,8 +61,7 @@ def test_mmcv_shim_builds_like_mmcv():
 def test_cpu_dry_run_tiny(tmp_path, monkeypatch):
   # The section processes inherit this: XLA:CPU's cheapest compile (the dry
   # run checks the script, not the speed).
-  monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0 "
-                     "--xla_llvm_disable_expensive_passes=true")
+  monkeypatch.setenv("XLA_FLAGS", " ".join(FAST_COMPILE_FLAGS))
   report = device_check.main([
       f"--out={tmp_path}", "--size=tiny", "--batches=1", "--dtypes=float32",
       "--sampling_steps=1", "--repeats=1", "--loader_workers=1", "--loader_batches=1",

@@ -58,7 +58,6 @@ RngLike = np.random.Generator | int | None
 __all__ = ["resize_map", "resize_matrix", "resize_taps"]  # Re-exported.
 
 
-
 def _prediction(pred, shape) -> np.ndarray:
   return resize_map(np.asarray(pred, dtype=np.float64), tuple(shape))
 
