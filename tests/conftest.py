@@ -1,17 +1,37 @@
-"""Shared test set-up: 4 forced host devices, highest matmul precision, one
-JAX compilation cache per session, xdist groups for the shared runs."""
+"""Shared test set-up: 4 forced host devices, XLA:CPU's cheapest compile,
+highest matmul precision, one JAX compilation cache per session, xdist
+groups for the shared runs."""
 
 import os
 import pathlib
 import shutil
 import tempfile
 
-# Must happen before JAX initialises its backends (sharding tests use 4 devices).
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+import jax
+import pytest
 
-import jax  # noqa: E402
-import pytest  # noqa: E402
+from tools.multiprocess_check import FAST_COMPILE_FLAGS
+
+
+def _xla_flags() -> str:
+  """The caller's XLA_FLAGS plus 4 host devices (the sharding tests) and the
+  cheapest compile: the suite compiles far more than it runs (tests/
+  test_model.py: 330 s -> 176 s on a 2-core Xeon; a demo-size train step
+  compiles in 59 s instead of 93 s and runs 2x slower, so the demo trainings
+  run in child processes with the default flags, tests/demo_run.py; see also
+  tests/parity_lib.py and tests/test_train_step.py). The child processes the
+  tests start inherit them."""
+  flags = os.environ.get("XLA_FLAGS", "").split()
+  if not any(f.startswith("--xla_force_host_platform_device_count") for f in flags):
+    flags.append("--xla_force_host_platform_device_count=4")
+  named = {f.split("=")[0] for f in flags}   # a flag the caller set wins
+  return " ".join(flags + [f for f in FAST_COMPILE_FLAGS
+                           if f.split("=")[0] not in named])
+
+
+# Read when JAX first initialises its backends, which no import above does.
+os.environ["XLA_FLAGS"] = _xla_flags()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
@@ -52,10 +72,11 @@ def pytest_unconfigure(config):
 
 # Tests sharing a session-wide training run go to one xdist worker
 # (`--dist loadgroup`, set in pyproject.toml): the run is trained there once
-# and no other worker sits idle on its file lock (tests/demo_run.py). xdist
-# hands out the largest groups first, so the two long runs start at once.
+# and no other worker sits idle on its file lock (tests/demo_run.py). So do
+# the parity tests: their full-size forward runs once per variant and worker.
+# xdist hands out the largest groups first.
 XDIST_GROUPS = {"visual_run": "demo_run", "trained_workdir": "demo_run",
-                "av_run": "demo_av_run"}
+                "av_run": "demo_av_run", "variant_acts": "parity"}
 
 
 @pytest.hookimpl(tryfirst=True)   # before xdist reads the groups

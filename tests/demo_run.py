@@ -3,17 +3,27 @@
 The learning tests and the end-to-end predict tests share them: the first
 xdist worker to ask trains a run under a file lock in the session's shared
 temp folder, the others wait and reuse it.
+
+A run is the README's command in a child process, compiled with XLA's
+default optimisation: the test session itself compiles with XLA:CPU's
+cheapest flags (tests/conftest.py), under which a training step runs about
+2x slower, and the demos' learning figures were measured with the default.
 """
 
 import fcntl
+import importlib
 import json
 import os
 import pathlib
+import subprocess
+import sys
 
 import ml_collections
 
-from configs import demo
 from diffsal_jax.training import train
+from tools.multiprocess_check import FAST_COMPILE_FLAGS
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def shared_dir(tmp_path_factory) -> pathlib.Path:
@@ -22,26 +32,54 @@ def shared_dir(tmp_path_factory) -> pathlib.Path:
   return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
-def demo_config() -> ml_collections.ConfigDict:
-  config = demo.get_config()
-  # One device, as the README command runs on a CPU (the forced 4 host
-  # devices of the test session would only add collectives).
+# One device, as the README commands run on a CPU (the forced 4 host
+# devices of the test session would only add collectives).
+ONE_DEVICE = ("--config.mesh_data_axis=1",)
+
+
+def demo_config(config_file: str = "demo.py",
+                argument: str = "") -> ml_collections.ConfigDict:
+  """`configs/<config_file>[:argument]` as the runs below use it."""
+  module = importlib.import_module(f"configs.{config_file.removesuffix('.py')}")
+  config = module.get_config(argument) if argument else module.get_config()
   config.mesh_data_axis = 1
   return config
 
 
-def trained(tmp_path_factory, name: str, config: ml_collections.ConfigDict
+def _train_in_child(workdir: pathlib.Path, config_file: str, argument: str,
+                    overrides: tuple[str, ...]) -> None:
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if f not in FAST_COMPILE_FLAGS and
+           not f.startswith("--xla_force_host_platform_device_count")]
+  env = dict(os.environ, XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu")
+  config = f"configs/{config_file}" + (f":{argument}" if argument else "")
+  command = [sys.executable, "-m", "diffsal_jax.main", f"--config={config}",
+             f"--workdir={workdir}", *ONE_DEVICE, *overrides]
+  log = workdir.parent / f"{workdir.name}.log"
+  with open(log, "w") as out:
+    result = subprocess.run(command, cwd=REPO, env=env, stdout=out,
+                            stderr=subprocess.STDOUT, check=False)
+  if result.returncode:
+    raise RuntimeError(f"{' '.join(command)} exited {result.returncode}; "
+                       f"end of {log}:\n{log.read_text()[-4000:]}")
+
+
+def trained(tmp_path_factory, name: str, config_file: str = "demo.py",
+            argument: str = "", overrides: tuple[str, ...] = ()
             ) -> tuple[ml_collections.ConfigDict, pathlib.Path, dict]:
-  """(config reading the run's shards, workdir, final held-out metrics)."""
+  """Trains `python -m diffsal_jax.main --config=configs/<config_file>[:argument]
+  [overrides]` once per session; (config reading the run's shards, workdir,
+  final held-out metrics)."""
   root = shared_dir(tmp_path_factory)
   workdir = root / name
   with open(root / f"{name}.lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     if not (workdir / train.FINAL_METRICS_FILE).is_file():
-      train.train_and_evaluate(config, str(workdir))
+      _train_in_child(workdir, config_file, argument, overrides)
   with open(workdir / train.FINAL_METRICS_FILE) as f:
     results = json.load(f)
   results.pop("split")
+  config = demo_config(config_file, argument)
   config.data.shards = str(workdir / "synthetic_data" / "shards")
   config.synthetic_data.enabled = False
   return config, workdir, results
@@ -50,4 +88,4 @@ def trained(tmp_path_factory, name: str, config: ml_collections.ConfigDict
 def trained_demo(tmp_path_factory
                  ) -> tuple[ml_collections.ConfigDict, pathlib.Path, dict]:
   """The visual demo (configs/demo.py) as the README runs it."""
-  return trained(tmp_path_factory, "demo_run", demo_config())
+  return trained(tmp_path_factory, "demo_run")

@@ -41,7 +41,13 @@ def port_activations(variant: str, fixtures: pathlib.Path, seed: int = 0) -> dic
       acts["spatiotemp_net"] = feats["audio"]
     return acts
 
-  acts = jax.device_get(run(variables, inputs))
+  # Full size runs longer than it compiles: XLA's default optimisation
+  # whatever the session's flags (at the cheapest compile of
+  # tests/conftest.py a set-up took 60-175 s instead of 52-73 s).
+  compiled = run.lower(variables, inputs).compile(
+      compiler_options={"xla_backend_optimization_level": 2,
+                        "xla_llvm_disable_expensive_passes": False})
+  acts = jax.device_get(compiled(variables, inputs))
   return {k: reference.to_channels_first(v) for k, v in acts.items()}
 
 

@@ -326,12 +326,11 @@ def prepared_command(command: str, run: Run, session: pathlib.Path) -> str:
 
 
 def _env(session: pathlib.Path) -> dict[str, str]:
-  from tools.multiprocess_check import FAST_COMPILE_FLAGS
   env = dict(os.environ)
   flags = [f for f in env.get("XLA_FLAGS", "").split()
            if not f.startswith("--xla_force_host_platform_device_count")]
-  flags += FAST_COMPILE_FLAGS
-  # The session's compilation cache (tests/conftest.py) is inherited.
+  # The session's compilation cache and cheap compile flags
+  # (tests/conftest.py) are inherited.
   env.update(XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu",
              PYTHON=sys.executable, PYTHONUNBUFFERED="1")
   return env

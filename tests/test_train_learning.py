@@ -10,7 +10,6 @@ import pathlib
 import numpy as np
 import pytest
 
-from configs import demo_av
 from diffsal_jax.data.synthetic import synth
 from diffsal_jax.data.synthetic import synth_scene
 from diffsal_jax.training import checkpointing
@@ -18,7 +17,6 @@ from diffsal_jax.data.synthetic import demo_data
 from diffsal_jax.data import input_pipeline
 from diffsal_jax.evaluation import metrics
 from diffsal_jax.training import modes
-from diffsal_jax.training import train
 from diffsal_jax.training import train_logging
 from tests import demo_run
 
@@ -123,15 +121,9 @@ def _audio_blind_cc(config, split: str) -> tuple[float, float]:
   return _mean_over_videos(blind), _mean_over_videos(own)
 
 
-def _av_config(variant: str):
-  config = demo_av.get_config(f"variant={variant}")
-  config.mesh_data_axis = 1   # one device, as the README command runs
-  return config
-
-
 @pytest.fixture(scope="module")
 def av_run(tmp_path_factory):
-  return demo_run.trained(tmp_path_factory, "demo_av_run", _av_config("av"))
+  return demo_run.trained(tmp_path_factory, "demo_av_run", "demo_av.py")
 
 
 def test_audio_visual_demo_beats_the_best_map_without_sound(av_run):
@@ -155,9 +147,8 @@ def test_audio_visual_model_beats_visual_model_on_av_data(av_run,
   """The visual model, trained alike on the same data, can only spread its
   map over both discs."""
   _, av_workdir, av = av_run
-  config = _av_config("visual")
-  config.synthetic_data.dir = str(av_workdir / "synthetic_data")
-  visual = train.train_and_evaluate(
-      config, str(tmp_path_factory.mktemp("av_visual")))
+  _, _, visual = demo_run.trained(
+      tmp_path_factory, "demo_av_visual_run", "demo_av.py", "variant=visual",
+      (f"--config.synthetic_data.dir={av_workdir / 'synthetic_data'}",))
   print(f"held-out CC: audio-visual {av['cc']:.3f}, visual {visual['cc']:.3f}")
   assert av["cc"] > visual["cc"] + 0.15

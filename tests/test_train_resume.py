@@ -27,7 +27,6 @@ from jax.sharding import Mesh
 from diffsal_jax.training import checkpointing
 from diffsal_jax.training import train_logging
 from diffsal_jax.training import train_state as ts
-from tools.multiprocess_check import FAST_COMPILE_FLAGS
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 12
@@ -43,11 +42,10 @@ def straight_run(run_env):
 @pytest.fixture(scope="module")
 def run_env(tmp_path_factory):
   root = tmp_path_factory.mktemp("resume")
-  # Every run compiles with the same flags (XLA:CPU's cheapest compile), so
-  # the runs stay comparable bit for bit.
-  flags = os.environ.get("XLA_FLAGS", "").split() + list(FAST_COMPILE_FLAGS)
-  # The session's compilation cache (tests/conftest.py) is inherited.
-  env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS=" ".join(flags))
+  # Every run inherits the session's XLA flags (XLA:CPU's cheapest compile,
+  # so the runs stay comparable bit for bit) and compilation cache
+  # (tests/conftest.py).
+  env = dict(os.environ, PYTHONPATH=str(REPO))
   return root, env
 
 

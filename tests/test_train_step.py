@@ -1,5 +1,10 @@
 """The jitted train step: data parallelism, parameter sharding, frozen VGGish."""
 
+import os
+import pathlib
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -12,6 +17,31 @@ from diffsal_jax.training import model_setup
 from diffsal_jax.training import train_state as ts
 
 STEPS = 3
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# The tests of this file run in one child pytest compiled with XLA's default
+# optimisation. At the session's cheapest compile (tests/conftest.py) the
+# eager initialisation rounds differently, and from that state the gradient
+# norms of 1 and 4 devices differed by 1.7e-4 relative (a 2-core Xeon; also
+# when the steps themselves were compiled at the default), at the default
+# flags by under 1e-5.
+DEFAULT_COMPILE_FLAGS = ("--xla_force_host_platform_device_count=4 "
+                         "--xla_backend_optimization_level=2 "
+                         "--xla_llvm_disable_expensive_passes=false")
+AT_DEFAULT_COMPILE = os.environ.get("XLA_FLAGS") == DEFAULT_COMPILE_FLAGS
+in_child = pytest.mark.skipif(
+    not AT_DEFAULT_COMPILE, reason="runs in a child process at XLA's default "
+    "compile: test_train_step_tests_pass_at_default_compile")
+
+
+@pytest.mark.skipif(AT_DEFAULT_COMPILE, reason="this is the child process")
+def test_train_step_tests_pass_at_default_compile():
+  result = subprocess.run(
+      [sys.executable, "-m", "pytest", "-n", "0", "-q", "-rs", "-p", "no:cacheprovider",
+       str(pathlib.Path(__file__).relative_to(REPO))],
+      cwd=REPO, env=dict(os.environ, XLA_FLAGS=DEFAULT_COMPILE_FLAGS),
+      capture_output=True, text=True, timeout=1500, check=False)
+  assert result.returncode == 0, result.stdout[-6000:]
+  assert "4 passed, 1 skipped" in result.stdout, result.stdout[-6000:]
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +124,7 @@ def single_device(av_setup):
   return _train(av_setup, 1, "replicated")
 
 
+@in_child
 def test_four_devices_match_one(av_setup, single_device):
   """Each data-parallel step equals the single-device step from the same
   state (optimizer moments and batch statistics included).
@@ -120,6 +151,7 @@ def test_four_devices_match_one(av_setup, single_device):
   assert specs == {jax.sharding.PartitionSpec()}
 
 
+@in_child
 def test_fsdp_splits_large_weights_on_the_data_axis(av_setup):
   _, _, params, _, _ = av_setup
   shardings = ts.state_sharding(params, ts.make_mesh(4), "fsdp")
@@ -133,6 +165,7 @@ def test_fsdp_splits_large_weights_on_the_data_axis(av_setup):
              for x, s in pairs if x.size < 2 ** 14)
 
 
+@in_child
 def test_vggish_frozen_everything_else_trained(av_setup, single_device):
   _, _, initial, _, _ = av_setup
   _, states = single_device
@@ -146,6 +179,7 @@ def test_vggish_frozen_everything_else_trained(av_setup, single_device):
       assert np.mean(changed) > 0.9, f"{name} is not being trained"
 
 
+@in_child
 def test_init_from_converter_output_is_partial_like_strict_false(av_setup,
                                                                  tmp_path):
   config, _, params, batch_stats, _ = av_setup
