@@ -4,10 +4,14 @@ The learning tests and the end-to-end predict tests share them: the first
 xdist worker to ask trains a run under a file lock in the session's shared
 temp folder, the others wait and reuse it.
 
-A run is the README's command in a child process, compiled with XLA's
-default optimisation: the test session itself compiles with XLA:CPU's
-cheapest flags (tests/conftest.py), under which a training step runs about
-2x slower, and the demos' learning figures were measured with the default.
+A run is the README's command in a child process (for the visual demo word
+for word but the workdir, so tests/test_docs_commands.py counts the README's
+demo command as run here), compiled with XLA's default optimisation: the
+test session itself compiles with XLA:CPU's cheapest flags (tests/
+conftest.py), under which a training step runs about 2x slower, and the
+demos' learning figures were measured with the default. The child sees one CPU device, as
+the README's commands do on a CPU (the session's 4 forced host devices
+would only add collectives).
 """
 
 import fcntl
@@ -15,6 +19,7 @@ import importlib
 import json
 import os
 import pathlib
+import shlex
 import subprocess
 import sys
 
@@ -32,11 +37,6 @@ def shared_dir(tmp_path_factory) -> pathlib.Path:
   return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
-# One device, as the README commands run on a CPU (the forced 4 host
-# devices of the test session would only add collectives).
-ONE_DEVICE = ("--config.mesh_data_axis=1",)
-
-
 def demo_config(config_file: str = "demo.py",
                 argument: str = "") -> ml_collections.ConfigDict:
   """`configs/<config_file>[:argument]` as the runs below use it."""
@@ -46,21 +46,28 @@ def demo_config(config_file: str = "demo.py",
   return config
 
 
+def command(workdir, config_file: str = "demo.py", argument: str = "",
+            overrides: tuple[str, ...] = ()) -> list[str]:
+  """The run's command line as the README writes it (`python3 -m ...`)."""
+  config = f"configs/{config_file}" + (f":{argument}" if argument else "")
+  return ["python3", "-m", "diffsal_jax.main", f"--config={config}",
+          f"--workdir={workdir}", *overrides]
+
+
 def _train_in_child(workdir: pathlib.Path, config_file: str, argument: str,
                     overrides: tuple[str, ...]) -> None:
   flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
            if f not in FAST_COMPILE_FLAGS and
            not f.startswith("--xla_force_host_platform_device_count")]
   env = dict(os.environ, XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu")
-  config = f"configs/{config_file}" + (f":{argument}" if argument else "")
-  command = [sys.executable, "-m", "diffsal_jax.main", f"--config={config}",
-             f"--workdir={workdir}", *ONE_DEVICE, *overrides]
+  argv = [sys.executable,
+          *command(workdir, config_file, argument, overrides)[1:]]
   log = workdir.parent / f"{workdir.name}.log"
   with open(log, "w") as out:
-    result = subprocess.run(command, cwd=REPO, env=env, stdout=out,
+    result = subprocess.run(argv, cwd=REPO, env=env, stdout=out,
                             stderr=subprocess.STDOUT, check=False)
   if result.returncode:
-    raise RuntimeError(f"{' '.join(command)} exited {result.returncode}; "
+    raise RuntimeError(f"{shlex.join(argv)} exited {result.returncode}; "
                        f"end of {log}:\n{log.read_text()[-4000:]}")
 
 

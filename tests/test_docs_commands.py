@@ -18,6 +18,9 @@ repository root, after these substitutions:
   * training, evaluation and benchmark commands get the demo model
     (configs/demo.py) through `--config.model.*` overrides, 2 steps and
     small batches; data commands get 32x64 frames and 2 workers.
+The README's demo command is not run a second time: tests/demo_run.py runs
+it as written (but the workdir) for the learning tests, and the predict
+command that reads the demo's checkpoint reads that run.
 Subprocesses see one CPU device (not the test session's forced 4), compile
 with XLA's cheap CPU settings and share a compilation cache.
 
@@ -41,6 +44,8 @@ import sys
 import time
 
 import pytest
+
+from tests import demo_run
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DOC_FILES = (REPO / "README.md", *sorted((REPO / "docs").glob("*.md")))
@@ -101,6 +106,7 @@ class Run:
   video: bool = False            # needs {S}/clip.mp4
   skip: str = ""                 # why it cannot run here
   elsewhere: str = ""            # test file that runs this exact command
+  demo_run: bool = False         # reads the README demo's run (tests/demo_run.py)
   slow: bool = False
 
 
@@ -119,18 +125,14 @@ NEEDS_SLURM = "needs a SLURM cluster (sbatch, several GPU nodes, shared storage)
 COMMANDS: dict[str, Run] = {
     # ---- README: set-up
     "python3 -m diffsal_jax.main --config=configs/demo.py --workdir=/tmp/diffsal_demo":
-        Run("demo", slow=True,
-            append="--config.synthetic_data.train_videos=2 "
-                   "--config.synthetic_data.val_videos=1 "
-                   "--config.eval_every_steps=2 --config.checkpoint_every_steps=2 "
-                   "--config.model.mvit.remat=False {SHORT}",
-            expect=("tmp/diffsal_demo/final_metrics.json",)),
+        Run("demo", elsewhere="tests/demo_run.py"),
     "python3 -m pytest -n 2 tests":
         Run("suite_collect", append="--collect-only -q -p no:cacheprovider"),
     # ---- README: predict
     "python3 -m diffsal_jax.predict --video clip.mp4 --checkpoint /tmp/diffsal_demo "
     "--config configs/demo.py --out out/":
-        Run("predict_demo", after=("demo",), video=True,
+        Run("predict_demo", demo_run=True, video=True,
+            links=(("tmp/diffsal_demo", "../demo_run"),),
             replace=(("--out out/", "--out {S}/out/demo/"),),
             append="--noprogress", expect=("out/demo/clip/overlay.mp4",
                                            "out/demo/clip/maps/00001.png")),
@@ -466,12 +468,11 @@ def session_dir(tmp_path_factory) -> pathlib.Path:
 
 
 # Test order: xdist hands each worker a run of consecutive tests (4 each
-# here), so the two long chains (pre-train -> fine-tune -> all folds, and
-# demo -> predict -> benchmark) start first on different workers, and a test
-# that waits for a chain comes when that chain should be done.
+# here), so the long chain (pre-train -> fine-tune -> all folds) and the
+# other trainings start first on different workers, and a test that waits
+# for a chain comes when that chain should be done.
 FIRST = ("pretrain", "finetune_fold2", "all_folds", "evaluate_mode",
-         "demo", "predict_demo", "predict_av", "bench_train_step",
-         "predict_mode_av", "convert_init")
+         "predict_av", "bench_train_step", "predict_mode_av", "convert_init")
 LAST = ("evaluate_avad",)
 
 
@@ -485,16 +486,24 @@ def _params():
       marks.append(pytest.mark.skip(reason=run.skip))
     if run.slow:
       marks.append(pytest.mark.slow)
+    if run.demo_run:   # on the worker that trains it (tests/conftest.py)
+      marks.append(pytest.mark.xdist_group("demo_run"))
     params.append(pytest.param(command, run, id=run.name, marks=marks))
   return params
 
 
 @pytest.mark.parametrize("command,run", _params())
-def test_doc_command_runs(command, run, session_dir):
+def test_doc_command_runs(command, run, session_dir, tmp_path_factory):
+  if run.elsewhere == "tests/demo_run.py":
+    assert shlex.join(demo_run.command("/tmp/diffsal_demo")) == command
+    pytest.skip("run by tests/demo_run.py for the learning tests (same "
+                "command line but the workdir)")
   if run.elsewhere:
     source = (REPO / run.elsewhere).read_text()
     assert command in source, f"{run.elsewhere} no longer runs {command!r}"
     pytest.skip(f"run by {run.elsewhere} (same command line)")
+  if run.demo_run:
+    demo_run.trained_demo(tmp_path_factory)
   log = ensure_ran(session_dir, run.name)
   assert "(exit 0," in log
 

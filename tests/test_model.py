@@ -41,6 +41,18 @@ def tiny(request):
   return _built(request.param)
 
 
+def test_abstract_model_has_the_built_models_graph_shapes_and_dtypes(tiny):
+  """`abstract_model` traces the constructor with numpy draw counters
+  (models/api.py); graph, variable paths, shapes and dtypes must be those
+  of the model built with flax's own `nnx.Rngs`."""
+  cfg, graphdef, variables = tiny
+  abstract_graphdef, abstract = model_lib.abstract_variables(cfg)
+  assert abstract_graphdef == graphdef
+  assert jax.tree.structure(abstract) == jax.tree.structure(variables)
+  assert all(jax.tree.leaves(jax.tree.map(
+      lambda s, v: (s.shape, s.dtype) == (v.shape, v.dtype), abstract, variables)))
+
+
 def test_forward_shape_range_and_api(tiny):
   cfg, graphdef, variables = tiny
   img, x_t, t, audio = _inputs(cfg)

@@ -1,8 +1,9 @@
 """Building the model on the device mesh, loading checkpoints, scoring them.
 
 Used by the trainer and by the `evaluate` / `predict` modes (`modes.py`).
-The model's structure comes from `nnx.eval_shape` (nothing allocated); a
-fresh start initialises it under `jax.jit` straight into its shardings.
+The model's structure comes from `models.api.abstract_model` (nothing
+allocated); a fresh start initialises it under `jax.jit` straight into its
+shardings.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from typing import Any
 import jax
 import ml_collections
 from absl import logging
-from flax import nnx
 
 from diffsal_jax.training import checkpointing
 from diffsal_jax.models import api as model_lib
@@ -41,9 +41,8 @@ def _uses_audio(config: ml_collections.ConfigDict) -> bool:
 
 def abstract_model(config: ml_collections.ConfigDict) -> Model:
   """Structure with `jax.ShapeDtypeStruct` variables."""
-  abstract = nnx.eval_shape(
-      lambda: model_lib.build_model(config.model, seed=config.seed))
-  model_def, params, batch_stats = ts.split_model(abstract, _uses_audio(config))
+  model_def, params, batch_stats = ts.split_model(
+      model_lib.abstract_model(config.model), _uses_audio(config))
   mesh = ts.make_mesh(train_config.data_parallel_size(config))
   return Model(model_def, params, batch_stats, mesh)
 
