@@ -9,9 +9,9 @@ for word but the workdir, so tests/test_docs_commands.py counts the README's
 demo command as run here), compiled with XLA's default optimisation: the
 test session itself compiles with XLA:CPU's cheapest flags (tests/
 conftest.py), under which a training step runs about 2x slower, and the
-demos' learning figures were measured with the default. The child sees one CPU device, as
-the README's commands do on a CPU (the session's 4 forced host devices
-would only add collectives).
+demos' learning figures were measured with the default. The child sees one
+CPU device, as the README's commands do on a CPU (the session's 4 forced
+host devices would only add collectives).
 """
 
 import fcntl

@@ -140,8 +140,8 @@ def test_audio_visual_demo_beats_the_best_map_without_sound(av_run):
 LONG_TESTS = os.environ.get("DIFFSAL_LONG_TESTS") == "1"
 
 
-@pytest.mark.skipif(not LONG_TESTS, reason="a second 3-minute training; set "
-                    "DIFFSAL_LONG_TESTS=1")
+@pytest.mark.skipif(not LONG_TESTS, reason="a second 1500-step training "
+                    "(7 min); set DIFFSAL_LONG_TESTS=1")
 def test_audio_visual_model_beats_visual_model_on_av_data(av_run,
                                                           tmp_path_factory):
   """The visual model, trained alike on the same data, can only spread its
