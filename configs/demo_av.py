@@ -42,9 +42,9 @@ def get_config(argument: str = ""):
   # 90-frame windows), and with too few videos the model learns each video's
   # disc instead of the audio cue (measured: 128 per dataset were not
   # enough). The other frames are only scored (val, test), so 20 frames a
-  # video do: half the data to write and score of 40 frames, the same
-  # training (measured, 1500 steps: test CC 0.869 and 0.864 for seeds 0 and
-  # 2; 0.842-0.876 for seeds 0-6 with 40 frames).
+  # video do: half the data to write and score of 40 frames, as many
+  # training clips (measured, 1500 steps: test CC 0.869 and 0.864 for seeds
+  # 0 and 2; 0.842-0.876 for seeds 0-6 with 40 frames).
   c.synthetic_data.videos_per_dataset = 384
   c.synthetic_data.frames_per_video = 20
   # 6.25 fps: a 4-frame clip then holds 0.64 s of sound, as a published
