@@ -13,7 +13,6 @@ import subprocess
 import sys
 
 import av
-import jax
 import numpy as np
 import pytest
 import soundfile
@@ -33,6 +32,7 @@ from diffsal_jax.inference import video_io
 from diffsal_jax.inference import video_predictor as vp
 from diffsal_jax.inference import video_timing
 from tests import demo_run
+from tests import random_weights
 from tests import test_video_inputs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -99,24 +99,6 @@ def trained_workdir(tmp_path_factory):
   return demo_run.trained_demo(tmp_path_factory)[1]
 
 
-def _random_variables(model_config, seed: int = 0) -> dict:
-  """Random variables of the model's structure, drawn with NumPy (the eager
-  NNX initialisation takes a minute on a busy 2-core machine)."""
-  rng = np.random.default_rng(seed)
-  _, abstract = model_lib.abstract_variables(model_config)
-
-  def draw(path, leaf):
-    name, shape = path[-1].key, leaf.shape
-    if name in ("scale", "var"):
-      return np.ones(shape, leaf.dtype)
-    if name in ("bias", "mean"):
-      return np.zeros(shape, leaf.dtype)
-    fan_in = int(np.prod(shape[:-1])) if name == "kernel" else 2500
-    return (rng.normal(size=shape) / np.sqrt(fan_in)).astype(leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(draw, abstract)
-
-
 @pytest.fixture(scope="module")
 def av_checkpoint(tmp_path_factory):
   """A random demo-size audio-visual model, saved like the converter saves
@@ -125,7 +107,7 @@ def av_checkpoint(tmp_path_factory):
   config.model = demo.demo_model_config("av")
   config.data.dataset = "av"
   directory = tmp_path_factory.mktemp("av_ckpt") / "converted"
-  model_lib.save_variables(directory, _random_variables(config.model))
+  model_lib.save_variables(directory, random_weights.random_variables(config.model))
   return config, directory
 
 
