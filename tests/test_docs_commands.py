@@ -14,7 +14,8 @@ repository root, after these substitutions:
     /data/DHF1K and /data/stavis, the pre-training run is the fine-tuning's
     `init_from`, the fine-tuned fold is what `--mode=predict` reads;
   * published .pth files become small .npz stand-ins with the published key
-    names, written for the demo-size model (the converter reads both);
+    names, written for the demo-size model (the converter reads both); the
+    published code's checkout becomes tests/published_standin.py's;
   * training, evaluation and benchmark commands get the demo model
     (configs/demo.py) through `--config.model.*` overrides, 2 steps and
     small batches; data commands get 32x64 frames and 2 workers.
@@ -35,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import fractions
+import json
 import os
 import pathlib
 import re
@@ -46,6 +48,7 @@ import time
 import pytest
 
 from tests import demo_run
+from tests import published_standin
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DOC_FILES = (REPO / "README.md", *sorted((REPO / "docs").glob("*.md")))
@@ -104,6 +107,9 @@ class Run:
   expect: tuple[str, ...] = ()   # files or folders that must exist afterwards
   standins: bool = False         # needs the .npz stand-ins of published weights
   video: bool = False            # needs {S}/clip.mp4
+  published_standin: bool = False  # needs {S}/standin_ref (tests/published_standin.py)
+  needs: tuple[str, ...] = ()    # modules it imports beyond the runtime ones
+  expect_json: tuple[tuple[str, str], ...] = ()  # (file, top-level key) to find
   skip: str = ""                 # why it cannot run here
   elsewhere: str = ""            # test file that runs this exact command
   demo_run: bool = False         # reads the README demo's run (tests/demo_run.py)
@@ -224,14 +230,21 @@ COMMANDS: dict[str, Run] = {
     "python -m data_prep verify /tmp/shards_av":
         Run("verify", after=("shards_av_example",), append="--noprogress"),
     # ---- docs/performance.md
+    "git clone https://github.com/junwenxiong/diff_sal .ref/diff_sal":
+        Run("clone_reference", skip="clones the published code from GitHub "
+                                    "(network); the benchmark below reads a stand-in"),
+    "python3 -m pip install -e .[published]":
+        Run("install_published", skip="installs packages from PyPI (network)"),
     "python -m tools.benchmarks.train_step --config=configs/av_finetune.py "
-    "--size=published --repeats=3 --profile_top=12 --json=bench_av.json":
-        Run("bench_train_step", slow=True,
+    "--size=published --repeats=3 --profile_top=12 --reference=.ref/diff_sal "
+    "--json=bench_av.json":
+        Run("bench_train_step", slow=True, published_standin=True, needs=("torch",),
             replace=(("--size=published", "--size=config"),
                      ("--repeats=3", "--repeats=1"),
+                     ("--reference=.ref/diff_sal", "--reference={S}/standin_ref"),
                      ("--json=bench_av.json", "--json={S}/bench_av.json")),
             append="{TINY_AV} --sampling_steps=1 --noloader",
-            expect=("bench_av.json",)),
+            expect=("bench_av.json",), expect_json=(("bench_av.json", "published"),)),
     "python -m tools.benchmarks.loader_speed --layout av":
         Run("bench_loader",
             append="--videos 2 --frames 12 --raw_height 60 --raw_width 96 "
@@ -434,6 +447,9 @@ def ensure_ran(session: pathlib.Path, name: str) -> str:
       _prepare_once(session, "standins", lambda: _write_standins(session / "standin"))
     if run.video:
       _prepare_once(session, "clip", lambda: _write_clip(session / "clip.mp4"))
+    if run.published_standin:
+      _prepare_once(session, "published_standin",
+                    lambda: published_standin.write_standin(session / "standin_ref"))
     for placeholder, target in run.links:
       link = session / placeholder
       if not link.exists():
@@ -449,6 +465,9 @@ def ensure_ran(session: pathlib.Path, name: str) -> str:
            f"--- stdout (end)\n{result.stdout[-4000:]}\n"
            f"--- stderr (end)\n{result.stderr[-6000:]}")
     missing = [p for p in run.expect if not (session / p).exists()]
+    missing += [f"{key} in {p}" for p, key in run.expect_json
+                if (session / p).is_file() and
+                key not in json.loads((session / p).read_text())]
     if result.returncode or missing:
       failed.write_text(log + (f"\nmissing outputs: {missing}" if missing else ""))
       pytest.fail(failed.read_text())
@@ -502,6 +521,9 @@ def test_doc_command_runs(command, run, session_dir, tmp_path_factory):
     source = (REPO / run.elsewhere).read_text()
     assert command in source, f"{run.elsewhere} no longer runs {command!r}"
     pytest.skip(f"run by {run.elsewhere} (same command line)")
+  for module in run.needs:
+    pytest.importorskip(module, reason=f"{run.name} needs {module} "
+                        "(pip install -e .[published])")
   if run.demo_run:
     demo_run.trained_demo(tmp_path_factory)
   log = ensure_ran(session_dir, run.name)

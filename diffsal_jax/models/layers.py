@@ -61,7 +61,9 @@ def conv(in_ch: int, out_ch: int, kernel: Sequence[int], *, rngs: nnx.Rngs,
   return (DepthwiseConv if depthwise else nnx.Conv)(
       in_ch, out_ch, tuple(kernel), strides=stride, padding=padding,
       kernel_dilation=dilation, feature_group_count=groups,
-      use_bias=use_bias, dtype=dtype, rngs=rngs)
+      use_bias=use_bias, dtype=dtype, rngs=rngs,
+      # XLA's convolution, but for the kernel gradient of large dilated ones
+      conv_general_dilated=xla_cpu_ops.conv_general_dilated)
 
 
 class DepthwiseConv(nnx.Conv):

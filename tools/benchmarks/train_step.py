@@ -3,7 +3,8 @@ r"""Speed and size of the train step and the sampler, on random inputs.
   python -m tools.benchmarks.train_step --config=configs/av_finetune.py \
       [--size=published|tiny|config] [--variant=av|visual] [--batch=1] \
       [--repeats=3] [--sampling_steps=1,4] [--dtype=bfloat16] \
-      [--peak_tflops=989] [--noloader] [--profile_top=15] [--json=bench.json]
+      [--peak_tflops=989] [--noloader] [--profile_top=15] [--json=bench.json] \
+      [--reference=.ref/diff_sal [--reference_threads=2]]
 
 Builds the model of `--config` (`--size=published` / `tiny` swap in
 `published_model_config` / `tiny_model_config`; `config`, the default, keeps
@@ -23,17 +24,19 @@ then reports:
 - clips/s of the grain loader at the model's clip size on a small synthetic
   release (`tools.benchmarks.loader_speed`, JPEG shards; --noloader
   skips it).
+`--reference` (a checkout of the published code; the `torch` extra) also
+times the published PyTorch AV model (same shapes, random weights) in a
+child process, call by call in turn with ours (tools/benchmarks/
+published_worker.py: train step, sampler, peak memory) and adds the ratios,
+the CPU and both thread counts; compare with `--size=published`.
 Prints a Markdown table and writes everything to `--json`.
 """
 
 from __future__ import annotations
 
-import glob
-import gzip
 import json
 import os
 import platform
-import re
 import resource
 import statistics
 import tempfile
@@ -53,6 +56,8 @@ from diffsal_jax.models import api as model_lib
 from diffsal_jax.training import train_state as ts
 from diffsal_jax.training import validation
 from tools.benchmarks import loader_speed
+from tools.benchmarks import published_worker
+from tools.benchmarks import xla_profile
 from diffsal_jax.models import config as model_config
 
 FLAGS = flags.FLAGS
@@ -73,6 +78,11 @@ flags.DEFINE_bool("loader", True, "Also time the grain loader.")
 flags.DEFINE_integer("profile_top", 0, "Profile one more train step and list "
                      "the N XLA ops that take the most time (0: skip).")
 flags.DEFINE_string("json", "benchmark.json", "Results file.")
+flags.DEFINE_string("reference", "", "Checkout of the published code "
+                    "(junwenxiong/diff_sal): also time the published PyTorch "
+                    "model in this run, in turn with ours, and print the ratios.")
+flags.DEFINE_integer("reference_threads", None, "torch threads for the "
+                     "published model (default: all cores, as XLA uses).")
 
 # Dense bf16 peak TFLOP/s by device_kind substring (vendor data sheets).
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0,
@@ -139,14 +149,18 @@ def compile_timed(fn, *args) -> tuple[Any, float]:
   return compiled, elapsed
 
 
-def time_calls(call: Callable[[], Any], repeats: int
+def time_calls(call: Callable[[], Any], repeats: int,
+               between: Callable[[], Any] | None = None
                ) -> tuple[list[float], list[float]]:
   """Wall and process CPU seconds per call (each blocked until ready), after
-  one warm-up call. On a shared host the CPU seconds (all threads) vary far
-  less with other load than the wall time does."""
+  one warm-up call; `between` (the published code's turn) runs before each.
+  On a shared host the CPU seconds (all threads) vary far less with other
+  load than the wall time does."""
   jax.block_until_ready(call())
   wall, cpu = [], []
   for _ in range(repeats):
+    if between:
+      between()
     started, started_cpu = time.perf_counter(), time.process_time()
     jax.block_until_ready(call())
     wall.append(time.perf_counter() - started)
@@ -181,22 +195,22 @@ def device_peak_tflops() -> float | None:
 
 
 def bench_sampler(model_def, params, batch_stats, config, mesh, batch,
-                  steps: int) -> dict[str, Any]:
+                  steps: int, between=None) -> dict[str, Any]:
   config = ml_collections.ConfigDict(config.to_dict())
   config.diffusion.sampling_steps = steps
   sampler = validation.make_sampler(model_def, config, mesh)
   inputs = {k: v for k, v in batch.items() if k != "map"}
   args = (params, batch_stats, inputs, jax.random.key(0))
   compiled, compile_s = compile_timed(sampler, *args)
-  times, cpu = time_calls(lambda: compiled(*args), FLAGS.repeats)
+  times, cpu = time_calls(lambda: compiled(*args), FLAGS.repeats, between)
   return {"steps": steps, "compile_s": compile_s,
           "median_s": statistics.median(times), "times_s": times,
           "cpu_median_s": statistics.median(cpu),
           "flops": flops_of(compiled), "buffers_gb": buffers_gb(compiled)}
 
 
-def bench_train(model_def, params, batch_stats, config, mesh, batch
-                ) -> tuple[dict[str, Any], Callable[[], Any], Any]:
+def bench_train(model_def, params, batch_stats, config, mesh, batch,
+                between=None) -> tuple[dict[str, Any], Callable[[], Any], Any]:
   """Times the train step; returns the results, a one-step closure and the
   compiled step."""
   lr_fn = ts.learning_rate_fn(config, steps_per_epoch=1000)
@@ -219,7 +233,7 @@ def bench_train(model_def, params, batch_stats, config, mesh, batch
     holder["state"], metrics = compiled(holder["state"], batch)
     return metrics
 
-  times, cpu = time_calls(one_step, FLAGS.repeats)
+  times, cpu = time_calls(one_step, FLAGS.repeats, between)
   flops = flops_of(compiled)
   median = statistics.median(times)
   peak = device_peak_tflops()
@@ -232,33 +246,6 @@ def bench_train(model_def, params, batch_stats, config, mesh, batch
             "utilisation": flops / median / (peak * 1e12)
                            if flops and peak else None}
   return result, one_step, compiled
-
-
-def top_ops(one_step: Callable[[], Any], hlo_text: str, top: int
-            ) -> list[dict[str, Any]]:
-  """Profiles one step; sums op time by (HLO opcode, source op name)."""
-  origin = {}
-  for line in hlo_text.splitlines():
-    m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = \S+ ([\w\-]+)\(", line)
-    if m and m.group(1) not in origin:
-      source = re.search(r'op_name="([^"]*)"', line)
-      name = source.group(1).split(")/", 1)[-1] if source else ""
-      origin[m.group(1)] = (m.group(2), name[-70:])
-  with tempfile.TemporaryDirectory() as trace_dir:
-    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-      jax.block_until_ready(one_step())
-    path = glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True)[0]
-    with gzip.open(path) as f:
-      events = json.load(f)["traceEvents"]
-  totals: dict[tuple[str, str], list[float]] = {}
-  for e in events:
-    if e.get("ph") == "X" and e.get("name") in origin:
-      entry = totals.setdefault(origin[e["name"]], [0.0, 0])
-      entry[0] += e.get("dur", 0) / 1e6
-      entry[1] += 1
-  ranked = sorted(totals.items(), key=lambda kv: -kv[1][0])[:top]
-  return [{"opcode": k[0], "source": k[1], "seconds": v[0], "calls": v[1]}
-          for k, v in ranked]
 
 
 def bench_loader(config) -> dict[str, float]:
@@ -313,12 +300,28 @@ def markdown(r: dict[str, Any]) -> str:
             f"{r['load_average']['end'][0]:.1f}")]
   for name, rate in (r.get("loader_clips_per_s") or {}).items():
     rows.append((f"loader {name}", f"{rate:.2f} clips/s"))
+  if r.get("published"):
+    rows += published_worker.comparison_rows(r, r["published"])
   lines = ["| metric | value |", "|---|---|"]
   lines += [f"| {k} | {v} |" for k, v in rows]
   for op in r.get("top_ops") or []:
     lines.append(f"| op {op['opcode']} `{op['source']}` | "
                  f"{op['seconds']:.3f} s ({op['calls']} calls) |")
   return "\n".join(lines)
+
+
+def start_published(config) -> published_worker.PublishedWorker | None:
+  """The published model's child process, or None without --reference."""
+  if not FLAGS.reference:
+    return None
+  m = config.model
+  if m.variant != "av":
+    raise app.UsageError("--reference times the published audio-visual model; "
+                         "use --variant=av (or an AV config)")
+  return published_worker.PublishedWorker(
+      FLAGS.reference, batch=FLAGS.batch, threads=FLAGS.reference_threads,
+      shape=(m.clip_len, *m.image_size, batch_lib.num_audio_patches(m),
+             *m.audio_size), log_path=FLAGS.json + ".published.log")
 
 
 def main(argv) -> None:
@@ -335,11 +338,13 @@ def main(argv) -> None:
   del model
   build_s = time.perf_counter() - started
   batch = random_batch(config, np.random.default_rng(0))
+  published = start_published(config)
+  turn = published_worker.Turns(published)
   sampler = [bench_sampler(model_def, params, batch_stats, config, mesh, batch,
-                           int(k)) for k in FLAGS.sampling_steps]
+                           int(k), turn("sample", k)) for k in FLAGS.sampling_steps]
   rss_after_sampler = peak_rss_gb()
-  train, one_step, compiled_step = bench_train(model_def, params, batch_stats,
-                                               config, mesh, batch)
+  train, one_step, compiled_step = bench_train(
+      model_def, params, batch_stats, config, mesh, batch, turn("train"))
   results = {
       "device": f"{device.device_kind} ({device.platform}, "
                 f"{os.cpu_count()} host cores, {platform.node()})",
@@ -351,8 +356,12 @@ def main(argv) -> None:
       "rss_after_sampler_gb": rss_after_sampler, "rss_peak_gb": peak_rss_gb(),
       "device_peak_gb": device_peak_gb(),
       "load_average": {"start": load_at_start, "end": os.getloadavg()}}
+  if published:
+    results["published"] = {**published.info, **published.close(),
+                            **turn.results,
+                            "cpu": published_worker.cpu_description()}
   if FLAGS.profile_top:
-    results["top_ops"] = top_ops(one_step, compiled_step.as_text(),
+    results["top_ops"] = xla_profile.top_ops(one_step, compiled_step.as_text(),
                                  FLAGS.profile_top)
   if FLAGS.loader:
     results["loader_clips_per_s"] = bench_loader(config)
