@@ -64,3 +64,24 @@ def test_ratios_are_ours_over_published():
   assert "inference, 4 DDIM step(s): ours / published" not in rows
   assert rows["peak host memory: ours / published"].endswith("**0.75x**")
   assert "Some CPU (avx2)" in rows["published code (same run)"]
+
+
+def test_train_and_sampler_calls_set_their_own_mode(tmp_path, monkeypatch):
+  """Calls taken in turn: each train step runs in train mode (BatchNorm
+  statistics, dropout, DropPath) and each sampler call in eval mode."""
+  from tools import published_reference as pr
+  root = published_standin.write_standin(tmp_path / "ref")
+  for name in ("models", "models.diff_model", "models.sal_losses", "util",
+               "util.registry"):   # the checkout's packages, for this test only
+    monkeypatch.delitem(__import__("sys").modules, name, raising=False)
+  ref = pr.load_reference(root)
+  modes = []
+  ref["model"].decoder_net.register_forward_pre_hook(
+      lambda module, args: modes.append(module.training))
+  data = pr.random_inputs(batch=1, clip_len=4, image_size=(32, 64), audio_patches=2,
+                          audio_size=(16, 32), device="cpu")
+  train = pr.train_step_call(ref, data, dtype="float32", device="cpu")
+  sample = pr.sampler_call(ref, data, published_worker.sampler_steps(1), device="cpu")
+  for call in (sample, train, sample, train):
+    call()
+  assert modes == [False, True, False, True]

@@ -269,7 +269,7 @@ def train_step_call(ref: dict[str, Any], data: dict[str, Any], *, dtype: str,
   trainer are left out (one device)."""
   import torch
   model, config = ref["model"], ref["config"]
-  model.to(device).train()
+  model.to(device)
   opt = config.optim
   optimizer = torch.optim.Adam(model.parameters(), lr=opt.lr, betas=(opt.beta1, 0.999),
                                eps=opt.eps, weight_decay=opt.weight_decay,
@@ -279,6 +279,7 @@ def train_step_call(ref: dict[str, Any], data: dict[str, Any], *, dtype: str,
               if dtype == "bfloat16" else contextlib.nullcontext())
 
   def step() -> float:
+    model.train()   # each call: a sampler call in between sets eval mode
     with autocast:
       pred = model(data, t)
     loss = ref["get_lossv2"](config, pred.float(), data["train_obj"])["total"]
@@ -287,7 +288,7 @@ def train_step_call(ref: dict[str, Any], data: dict[str, Any], *, dtype: str,
     torch.nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip)
     optimizer.step()
     _synchronize(device)
-    return float(loss)
+    return loss.item()
 
   return step
 
@@ -306,12 +307,13 @@ def sampler_call(ref: dict[str, Any], data: dict[str, Any],
   cosine schedule."""
   import torch
   model = ref["model"]
-  model.to(device).eval()
+  model.to(device)
   x_noise, img = data["input"], data["img"]
   audio = data["audio"] if model.audio_net is not None else None
 
   @torch.no_grad()
   def sample():
+    model.eval()   # each call: a train step in between sets train mode
     audio_embed = model.forward_vggish(audio)[1] if audio is not None else None
     features = model.visual_net(img)
     x = x_noise
