@@ -5,6 +5,8 @@ The whole command (our tiny model against the stand-in, in one run) is
 tests/test_docs_commands.py's `bench_train_step`.
 """
 
+import sys
+
 import pytest
 
 from tests import published_standin
@@ -71,9 +73,12 @@ def test_train_and_sampler_calls_set_their_own_mode(tmp_path, monkeypatch):
   statistics, dropout, DropPath) and each sampler call in eval mode."""
   from tools import published_reference as pr
   root = published_standin.write_standin(tmp_path / "ref")
-  for name in ("models", "models.diff_model", "models.sal_losses", "util",
-               "util.registry"):   # the checkout's packages, for this test only
-    monkeypatch.delitem(__import__("sys").modules, name, raising=False)
+  # The checkout's top-level packages (models, util) and its sys.path entry
+  # stay with this test.
+  monkeypatch.setattr(sys, "path", list(sys.path))
+  before = set(sys.modules)
+  for name in [n for n in sys.modules if n.split(".")[0] in ("models", "util")]:
+    monkeypatch.delitem(sys.modules, name)
   ref = pr.load_reference(root)
   modes = []
   ref["model"].decoder_net.register_forward_pre_hook(
@@ -84,4 +89,7 @@ def test_train_and_sampler_calls_set_their_own_mode(tmp_path, monkeypatch):
   sample = pr.sampler_call(ref, data, published_worker.sampler_steps(1), device="cpu")
   for call in (sample, train, sample, train):
     call()
+  for name in set(sys.modules) - before:
+    if name.split(".")[0] in ("models", "util"):
+      del sys.modules[name]
   assert modes == [False, True, False, True]
