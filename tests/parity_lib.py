@@ -13,9 +13,13 @@ from diffsal_jax.models.config import published_model_config
 from tests import reference
 
 
-def port_activations(variant: str, fixtures: pathlib.Path, seed: int = 0) -> dict[str, np.ndarray]:
-  """Tracked activations of the port, in the fixtures' channels-first layout."""
+def port_activations(variant: str, fixtures: pathlib.Path, seed: int = 0,
+                     ops: str = "auto", dtype: str = "float32") -> dict[str, np.ndarray]:
+  """Tracked activations of the port, in the fixtures' channels-first layout;
+  `ops`: the op path (models/op_paths.py); `dtype`: `config.model.dtype`."""
   cfg = published_model_config(variant)
+  cfg.ops = ops
+  cfg.dtype = dtype
   state = reference.reference_state_dict(fixtures / f"{variant}_state_dict_manifest.json", seed)
   variables = torch_weights.from_torch(state, cfg)
   inputs = reference.to_channels_last(reference.reference_inputs(variant, seed))

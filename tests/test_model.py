@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 
 from diffsal_jax.models import api as model_lib
+from diffsal_jax.models import diffusion
 from diffsal_jax.models import mvit
 from diffsal_jax.models.config import tiny_model_config
 from diffsal_jax.models.config import num_audio_patches
@@ -165,3 +166,31 @@ def test_bad_model_config_names_the_field(field, value, message):
   node[name] = value
   with pytest.raises(ValueError, match=message):
     model_lib.build_model(cfg)
+
+
+@pytest.mark.parametrize("ops", ["xla_cpu", "native"])
+def test_sampler_runs_in_bfloat16(ops):
+  """`config.model.dtype='bfloat16'` with the float32 parameters, on either
+  op path: the DDIM sampler (4 steps) computes in bfloat16 and returns
+  float32 maps in [0, 1] close to the float32 model's."""
+  cfg, graphdef, variables = _built("av")
+  img, _, _, audio = (None if a is None else jnp.asarray(a) for a in _inputs(cfg))
+  maps = {}
+  for dtype in ("float32", "bfloat16"):
+    low = cfg.copy_and_resolve_references()
+    low.dtype = dtype
+    low.ops = ops
+    low_graphdef = model_lib.split(model_lib.build_model(low, seed=0))[0]
+
+    def sample(variables, graphdef=low_graphdef):
+      model = model_lib.merge(graphdef, variables)
+      return diffusion.sample_saliency(model, img, jax.random.key(0), audio, steps=4)
+
+    text = jax.jit(sample).lower(variables).as_text()
+    assert (" bf16" in text or "xbf16" in text) == (dtype == "bfloat16")
+    maps[dtype] = np.asarray(jax.jit(sample)(variables))
+  low = maps["bfloat16"]
+  assert low.dtype == np.float32 and np.isfinite(low).all()
+  assert low.min() >= 0.0 and low.max() <= 1.0
+  cc = np.corrcoef(low.reshape(-1), maps["float32"].reshape(-1))[0, 1]
+  assert cc > 0.99, cc

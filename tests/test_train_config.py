@@ -40,6 +40,7 @@ def test_valid_config_passes(config):
     (lambda c: setattr(c, "batch_size", 6), "config.batch_size"),
     (lambda c: setattr(c, "eval_batch_size", 2), "config.eval_batch_size"),
     (lambda c: setattr(c, "param_sharding", "tp"), "config.param_sharding"),
+    (lambda c: setattr(c.model, "ops", "gpu"), "config.model.ops"),
     (lambda c: setattr(c, "init_from", "/no/ckpt"), "config.init_from"),
 ])
 def test_bad_config_fails_naming_the_field(config, mutate, field):

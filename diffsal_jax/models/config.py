@@ -34,6 +34,10 @@ def published_model_config(variant: str = "visual") -> ml_collections.ConfigDict
   # transposes instead of reinterpreting memory.
   c.fix_quirks = False
   c.dtype = "float32"               # compute dtype; parameters stay float32
+  # Implementation of the backend-sensitive ops (models/op_paths.py): "auto"
+  # takes the XLA:CPU-tuned forms on CPU and the native ones on GPU/TPU;
+  # "xla_cpu" or "native" force one. Same function, same parameters.
+  c.ops = "auto"
 
   c.mvit = ml_collections.ConfigDict()
   c.mvit.embed_dim = 96             # MViTv2-S

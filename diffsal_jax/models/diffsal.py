@@ -15,6 +15,7 @@ from flax import nnx
 
 from diffsal_jax.models.audio_transformer import AudioTransformer
 from diffsal_jax.models.config import VARIANTS, num_audio_patches
+from diffsal_jax.models import op_paths
 from diffsal_jax.models.mvit import MViT
 from diffsal_jax.models.saliency_unet import SaliencyUNet
 from diffsal_jax.models.vggish import VGGish
@@ -25,6 +26,7 @@ Features = dict[str, Any]
 def _check(cfg: ml_collections.ConfigDict) -> None:
   if cfg.variant not in VARIANTS:
     raise ValueError(f"model.variant must be one of {VARIANTS}, got {cfg.variant!r}")
+  op_paths.resolve(cfg.get("ops", "auto"))   # raises on an unknown name
   h, w = cfg.image_size
   if h % 32 or w % 32:
     raise ValueError(f"model.image_size {tuple(cfg.image_size)} must be multiples of 32")
@@ -59,6 +61,9 @@ class DiffSal(nnx.Module):
           num_audio_patches(cfg), fix_quirks=cfg.fix_quirks, rngs=rngs, dtype=dtype)
     self.decoder_net = SaliencyUNet(cfg, audio_dim, rngs=rngs, dtype=dtype)
     self.dtype = dtype
+    # One place picks the operations' implementation ("ops" is absent in
+    # the config.json of older checkpoints).
+    op_paths.use(self, cfg.get("ops", "auto"))
 
   def encode(self, img: jax.Array, audio: jax.Array | None = None) -> Features:
     """`img (B,T,H,W,3)`, `audio (B,P,h,w)` -> encoder features (a pytree)."""

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from diffsal_jax.models import op_paths
 from diffsal_jax.models import xla_cpu_ops
 
 # torch.nn.LayerNorm / BatchNorm default epsilon.
@@ -37,9 +38,10 @@ def batch_norm(dim: int, *, rngs: nnx.Rngs, dtype=None) -> nnx.BatchNorm:
                        dtype=dtype, rngs=rngs)
 
 
-def gelu(x: jax.Array) -> jax.Array:
-  """torch.nn.GELU(): the exact erf form, not the tanh approximation."""
-  return xla_cpu_ops.gelu(x)
+def gelu(x: jax.Array, op_path: str) -> jax.Array:
+  """torch.nn.GELU(): the exact erf form, not the tanh approximation;
+  `op_path` as in `op_paths`."""
+  return op_paths.gelu(op_path, x)
 
 
 def swish(x: jax.Array) -> jax.Array:
@@ -62,15 +64,21 @@ def conv(in_ch: int, out_ch: int, kernel: Sequence[int], *, rngs: nnx.Rngs,
       in_ch, out_ch, tuple(kernel), strides=stride, padding=padding,
       kernel_dilation=dilation, feature_group_count=groups,
       use_bias=use_bias, dtype=dtype, rngs=rngs,
-      # XLA's convolution, but for the kernel gradient of large dilated ones
-      conv_general_dilated=xla_cpu_ops.conv_general_dilated)
+      conv_general_dilated=op_paths.conv_general_dilated(op_paths.resolve("auto")))
 
 
 class DepthwiseConv(nnx.Conv):
-  """A depthwise `nnx.Conv` (same parameters) computed as shifted products
-  (see `xla_cpu_ops.depthwise_conv`: XLA:CPU grouped convolutions are slow)."""
+  """A depthwise `nnx.Conv` (same parameters). On the "xla_cpu" op path it is
+  computed as shifted products (see `xla_cpu_ops.depthwise_conv`: XLA:CPU
+  grouped convolutions are slow); on "native" it is nnx.Conv's grouped one."""
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.op_path = op_paths.resolve("auto")
 
   def __call__(self, inputs: jax.Array) -> jax.Array:
+    if self.op_path != "xla_cpu":
+      return super().__call__(inputs)
     nd = len(self.kernel_size)
     batch_shape = inputs.shape[:-nd - 1]
     x = inputs.reshape(-1, *inputs.shape[-nd - 1:])
@@ -92,9 +100,10 @@ class Mlp(nnx.Module):
                rngs: nnx.Rngs, dtype=None):
     self.fc1 = nnx.Linear(dim, hidden, dtype=dtype, rngs=rngs)
     self.fc2 = nnx.Linear(hidden, out or dim, dtype=dtype, rngs=rngs)
+    self.op_path = op_paths.resolve("auto")
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return self.fc2(gelu(self.fc1(x)))
+    return self.fc2(gelu(self.fc1(x), self.op_path))
 
 
 @functools.lru_cache(maxsize=None)

@@ -16,8 +16,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from diffsal_jax.models import xla_cpu_ops
 from diffsal_jax.models import layers
+from diffsal_jax.models import op_paths
 
 _trunc02 = nnx.initializers.truncated_normal(stddev=0.02)
 
@@ -68,6 +68,7 @@ class MultiScaleAttention(nnx.Module):
     self.rel_pos_h = nnx.Param(_trunc02(kh, (spatial_len, hd)))
     self.rel_pos_w = nnx.Param(_trunc02(kw, (spatial_len, hd)))
     self.rel_pos_t = nnx.Param(_trunc02(kt, (temporal_len, hd)))
+    self.op_path = op_paths.resolve("auto")
 
   def _pool(self, x, thw, pool, norm):
     """Pool the grid tokens of `(B, heads, N, hd)`, keeping the cls token."""
@@ -107,8 +108,8 @@ class MultiScaleAttention(nnx.Module):
     k, k_thw = self._pool(heads[1], thw, self.pool_k, self.norm_k)
     v, _ = self._pool(heads[2], thw, self.pool_v, self.norm_v)
     # The bias uses the pooled q before scaling, and skips the cls row/column.
-    out = xla_cpu_ops.attention(q * hd**-0.5, k, v,
-                              self._rel_pos_bias(q, q_thw, k_thw), 1)
+    out = op_paths.attention(self.op_path, q * hd**-0.5, k, v,
+                             self._rel_pos_bias(q, q_thw, k_thw), 1)
     out = out.at[:, :, 1:].add(q[:, :, 1:])  # residual pooling, not on cls
     out = out.transpose(0, 2, 1, 3).reshape(b, -1, self.out_dim)
     return self.proj(out), q_thw
@@ -195,6 +196,7 @@ class MViT(nnx.Module):
     # Recompute each block in the backward pass rather than keep its
     # activations: 3 of the 6.6 GB a full-size train step needs on a CPU.
     self.remat = bool(m.get("remat", False))  # absent in older config.json
+    self.op_path = op_paths.resolve("auto")
 
   def __call__(self, img: jax.Array) -> list[jax.Array]:
     """`img (B, T, H, W, 3)` -> stage outputs deepest first, `(B, T', H', W', C)`."""
@@ -206,11 +208,11 @@ class MViT(nnx.Module):
     x = jnp.concatenate([cls_tok, x], axis=1)
     outs = []
     for i, block in enumerate(self.blocks):
-      x = xla_cpu_ops.gradient_barrier(x)
+      x = op_paths.block_barrier(self.op_path, x)
       if self.remat:
         graphdef, state = nnx.split(block)
-        x = xla_cpu_ops.recompute_in_backward(
-            lambda s, v, g=graphdef, t=thw: nnx.merge(g, s)(v, t)[0])(state, x)
+        x = op_paths.recompute(
+            self.op_path, lambda s, v, g=graphdef, t=thw: nnx.merge(g, s)(v, t)[0])(state, x)
         thw = block.output_grid(thw)
       else:
         x, thw = block(x, thw)

@@ -134,7 +134,9 @@ class FusionTransformerBlock(nnx.Module):
     a = self.align_conv(audio)
     if a.shape[2] != h and a.shape[3] != w:
       a = layers.upsample_nearest(a, h // a.shape[2])
-    gate = jax.nn.softmax(jnp.mean(a * x, axis=1, keepdims=True), axis=3)  # softmax over W
+    # Softmax over W, in float32 also when the model computes in bfloat16.
+    gate = jax.nn.softmax(jnp.mean(a * x, axis=1, keepdims=True).astype(jnp.float32),
+                          axis=3).astype(a.dtype)
     a = a * gate
     if self.fix_quirks:
       return a.reshape(b * t, h, w, c)

@@ -4,7 +4,8 @@ Forward passes compute exactly what the plain jnp code would (so the parity
 with the published model is untouched); the backward passes keep fewer and
 smaller residuals than autodiff does, and avoid the patterns XLA:CPU handles
 badly (grouped convolutions, long fused gradient chains, hoisted windows).
-All arrays are channels-last.
+All arrays are channels-last. The model uses them on the "xla_cpu" op path
+(`op_paths`, the default on CPU).
 """
 
 from __future__ import annotations
@@ -89,21 +90,20 @@ attention.defvjp(_attention_fwd, _attention_bwd)
 
 @jax.custom_vjp
 def gradient_barrier(x: jax.Array) -> jax.Array:
-  """Identity whose gradient is materialised here (on CPU).
+  """Identity whose gradient is materialised here.
 
   Without it XLA:CPU fuses the elementwise chain of a residual stream's
   gradient (LayerNorm backward after LayerNorm backward) into every consumer,
   recomputing it once per block: quadratic work, compile time and memory.
   XLA:CPU drops optimization barriers before fusion, but does not fuse
   across a conditional, so the CPU backward passes through a `lax.cond`.
-  Accelerators (where a conditional may cost a host sync) skip it.
+  The "native" op path (accelerators, where a conditional may cost a host
+  sync) skips it.
   """
   return x
 
 
 def _barrier_bwd(_, g):
-  if jax.default_backend() != "cpu":
-    return (g,)
   # Both branches return g; the predicate only has to be opaque to XLA.
   return (jax.lax.cond(jnp.isnan(g.reshape(-1)[0]), lambda v: v * 1.0,
                        lambda v: v, g),)
@@ -123,7 +123,7 @@ def recompute_in_backward(fn):
   and the peak memory did not move. Here the recomputation sits inside a
   conditional whose predicate reads the incoming gradient: it cannot start
   before that gradient exists, and its temporaries live only while it runs.
-  Accelerators get an optimization barrier over inputs and gradient instead.
+  The "native" op path uses `jax.checkpoint` instead (`op_paths.recompute`).
   """
 
   @jax.custom_vjp
@@ -139,8 +139,6 @@ def recompute_in_backward(fn):
       return jax.vjp(fn, params, x)[1](g)
 
     operands = (*residuals, g)
-    if jax.default_backend() != "cpu":
-      return gradients(jax.lax.optimization_barrier(operands))
     return jax.lax.cond(jnp.isnan(g.reshape(-1)[0]), gradients, gradients, operands)
 
   wrapped.defvjp(forward, backward)
@@ -244,7 +242,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          feature_group_count=1, precision=None, **kwargs):
   """`jax.lax.conv_general_dilated`, for `nnx.Conv(conv_general_dilated=...)`.
 
-  The forward pass and the input gradient are always XLA's. On CPU, a 2-D
+  The forward pass and the input gradient are always XLA's. A 2-D
   stride-1 convolution with kernel dilation and at least
   `TAP_GRADIENT_MIN_FLOP` gets its kernel gradient as one matrix product per
   tap (the tap's input window against the output gradient, over N*H'*W'
@@ -255,7 +253,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   alternated: published AV train step 28.4 -> 25.9 s (median of 5).
   """
   n, h, w, _ = lhs.shape if lhs.ndim == 4 else (0, 0, 0, 0)
-  if (jax.default_backend() != "cpu" or lhs.ndim != 4 or kwargs.get("out_sharding")
+  if (lhs.ndim != 4 or kwargs.get("out_sharding")
       or feature_group_count != 1 or tuple(window_strides) != (1, 1)
       or tuple(lhs_dilation or (1, 1)) != (1, 1)
       or tuple(rhs_dilation or (1, 1)) == (1, 1)

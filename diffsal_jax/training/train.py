@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
 import time
 from typing import Any
 
@@ -30,6 +29,7 @@ from diffsal_jax.models import diffusion
 from diffsal_jax.data import input_pipeline
 from diffsal_jax.training import model_setup
 from diffsal_jax.training import modes
+from diffsal_jax.training import preemption as preemption_lib
 from diffsal_jax.training import train_logging
 from diffsal_jax.training import train_state as ts
 from diffsal_jax.training import validation
@@ -62,25 +62,6 @@ def score_of(metrics: dict[str, float], expression: str) -> float:
     else:
       name += char
   return total
-
-
-class _Preemption:
-  """Turns SIGTERM into a flag the loop polls (save, then exit cleanly)."""
-
-  def __init__(self):
-    self.requested = False
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # Not the main thread (e.g. some test runners).
-      self._previous = None
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def restore(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
 
 
 @dataclasses.dataclass
@@ -180,7 +161,7 @@ def _save(loop: _Loop, step: int, force: bool = False) -> None:
                         {"step": step, "best": loop.best}, force=force)
 
 
-def _train(loop: _Loop, preemption: _Preemption) -> bool:
+def _train(loop: _Loop, preemption: preemption_lib.Preemption) -> bool:
   """Runs the remaining steps; returns False when stopped by preemption."""
   config = loop.config
   eval_every = _every(config.eval_every_steps, loop.steps_per_epoch)
@@ -211,7 +192,7 @@ def _train(loop: _Loop, preemption: _Preemption) -> bool:
         _validate(loop, step)
       if step % ckpt_every == 0 or step == loop.total_steps:
         _save(loop, step)
-      if preemption.requested or loop.checkpoints.reached_preemption(step):
+      if preemption.reached(step):
         _save(loop, step, force=True)
         loop.logger.message(f"preempted: saved step {step}, exiting")
         return False
@@ -235,7 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         os.path.join(workdir, model_setup.SAVED_CONFIG), config.to_dict(),
         indent=2, sort_keys=True)
   loop = _setup(config, workdir)
-  preemption = _Preemption()
+  preemption = preemption_lib.Preemption(loop.checkpoints.reached_preemption)
   try:
     finished = _train(loop, preemption)
   finally:

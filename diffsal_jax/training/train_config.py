@@ -18,6 +18,7 @@ import jax
 import ml_collections
 
 from diffsal_jax.models import config as model_config_lib
+from diffsal_jax.models import op_paths
 
 
 def base_config(variant: str = "visual") -> ml_collections.ConfigDict:
@@ -142,6 +143,9 @@ def validate_config(config: ml_collections.ConfigDict, *,
           f"config.{field}={value} must be a positive multiple of the "
           f"{n_data} data-parallel devices and {jax.process_count()} "
           f"processes (set --config.{field} to a multiple)")
+  if config.model.get("ops", "auto") not in op_paths.PATHS:
+    problems.append(f"config.model.ops={config.model.ops!r} must be one of "
+                    f"{op_paths.PATHS} (see docs/training.md)")
   if config.param_sharding not in ("replicated", "fsdp"):
     problems.append(f"config.param_sharding={config.param_sharding!r} must be "
                     "'replicated' or 'fsdp'")
