@@ -5,12 +5,12 @@ collective checkpoint save then has every process in it)."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 
 from diffsal_jax.training import preemption as preemption_lib
 from tests.conftest import REPO
+from tools import multiprocess_check
 
 
 def test_one_process_stops_on_sigterm_and_restores_the_handler():
@@ -27,17 +27,9 @@ def test_one_process_stops_on_sigterm_and_restores_the_handler():
   assert signal.getsignal(signal.SIGTERM) is previous
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
-  port = _free_port()
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
-                              if "device_count" not in f)
+  port = multiprocess_check.free_port()
+  env = multiprocess_check.child_env(devices=1, fast_compile=False)
   children = [subprocess.Popen(
       [sys.executable, "-m", "tests.preemption_worker", str(i), str(port),
        str(tmp_path / "ckpt")], cwd=REPO, env=env, text=True,

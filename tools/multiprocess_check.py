@@ -49,7 +49,7 @@ from diffsal_jax.training import train_state as ts
 WORKER_TIMEOUT_S = 600
 
 
-def _free_port() -> int:
+def free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
@@ -168,7 +168,7 @@ FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0",
                       "--xla_llvm_disable_expensive_passes=true")
 
 
-def _child_env(devices: int, fast_compile: bool) -> dict[str, str]:
+def child_env(devices: int, fast_compile: bool) -> dict[str, str]:
   env = dict(os.environ)
   env["JAX_PLATFORMS"] = "cpu"
   flags = [f for f in env.get("XLA_FLAGS", "").split()
@@ -192,7 +192,7 @@ def _spawn(args, role: str, name: str, out: str, devices: int,
   log = open(log_path, "w")  # A file, not a pipe: a full pipe would block.
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                             env=_child_env(devices, args.fast_compile),
+                             env=child_env(devices, args.fast_compile),
                              cwd=repo)
   return process, log, log_path
 
@@ -244,7 +244,7 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
   config = check_config(args)
   demo_data.ensure_synthetic_shards(config, args.workdir)  # once, for all
   out = tempfile.mkdtemp(prefix="run_", dir=args.workdir)
-  coordinator = f"127.0.0.1:{_free_port()}"
+  coordinator = f"127.0.0.1:{free_port()}"
   started = time.time()
   children = [_spawn(args, "worker", f"worker_{i}", out,
                      args.devices_per_process,
