@@ -56,15 +56,37 @@ flags.mark_flags_as_required(["config", "workdir"])
 def _launched_multi_host() -> bool:
   """A cluster launcher (JAX coordinator, SLURM, MPI) started several tasks."""
   counts = (os.environ.get(v) or "1" for v in ("SLURM_NTASKS",
-                                               "OMPI_COMM_WORLD_SIZE"))
+                                               "OMPI_COMM_WORLD_SIZE",
+                                               "JAX_NUM_PROCESSES"))
+  # A malformed count also counts: `_cluster_from_environment` names it.
   return "JAX_COORDINATOR_ADDRESS" in os.environ or any(
-      int(n) > 1 for n in counts)
+      not n.isdigit() or int(n) > 1 for n in counts)
+
+
+def _cluster_from_environment() -> dict[str, int]:
+  """num_processes / process_id from JAX_NUM_PROCESSES / JAX_PROCESS_ID.
+
+  jax.distributed.initialize reads JAX_COORDINATOR_ADDRESS and
+  JAX_LOCAL_DEVICE_IDS itself but not these two; without a cluster it can
+  detect (SLURM, MPI, TPU) it would fail with "Number of processes must be
+  defined". Both or neither must be set.
+  """
+  names = ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+  values = [os.environ.get(name) for name in names]
+  if not any(values):
+    return {}
+  if not all(values) or not all(v.isdigit() for v in values):
+    raise app.UsageError(
+        f"set both {names[0]} and {names[1]} as integers (got "
+        f"{names[0]}={values[0]!r}, {names[1]}={values[1]!r}), or neither to "
+        "let jax.distributed detect SLURM / MPI / Cloud TPU")
+  return {"num_processes": int(values[0]), "process_id": int(values[1])}
 
 
 def _maybe_initialize_distributed() -> None:
   if FLAGS.distributed == "true" or (FLAGS.distributed == "auto" and
                                      _launched_multi_host()):
-    jax.distributed.initialize()
+    jax.distributed.initialize(**_cluster_from_environment())
 
 
 def _checkpoint(config) -> str:

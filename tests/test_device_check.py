@@ -88,4 +88,30 @@ def test_cpu_dry_run_tiny(tmp_path, monkeypatch):
   assert sections["jax_sampler"]["runs"][0]["median_s"] > 0
   assert sections["loader"]["clips_per_s"]["grain_jpeg_uint8"]["threads"] > 0
   assert "| ours jax_train_b1_float32 | 1 | float32 |" in report["markdown"]
+  # No peak for a CPU: the headroom's estimate falls back to an H200's.
+  [headroom] = report["headroom"]
+  assert headroom["target"] == "H200"
+  assert headroom["need_measured"] == pytest.approx(4 * train["clips_per_s"])
+  assert "Loader headroom for one host of 4 devices" in report["markdown"]
   assert (tmp_path / "device_check.log").stat().st_size > 0
+
+
+def test_loader_headroom_from_a_report():
+  """4 devices at 40 % of an H200's bf16 peak, 1442 GFLOP per clip: 4 x 0.4 x
+  989.4e12 / 1442e9 = 1097.8 clips/s; 2 workers giving 250 clips/s need 9."""
+  report = {"sections": {
+      "jax_train_b2_bfloat16": {"dtype": "bfloat16", "batch": 2, "flops": 2 * 1442e9,
+                                "median_s": 0.5, "clips_per_s": 4.0},
+      "jax_train_b2_float32": {"error": "out of memory"},
+      "loader": {"workers": 2, "clips_per_s": {
+          "grain_jpeg_uint8": {"threads": 250.0, "processes": 180.0},
+          "pil_published": {"threads": 900.0}}}}}   # not ours: left out
+  [row] = device_check.loader_headroom(report, accelerators=4, mfu=0.4, target="H200")
+  assert row["section"] == "jax_train_b2_bfloat16"
+  assert row["gflop_per_clip"] == pytest.approx(1442)
+  assert row["need_measured"] == 16.0 and row["workers_for_measured"] == 1
+  assert row["need_estimated"] == pytest.approx(1097.8, abs=0.1)
+  assert row["clips_per_s_per_worker"] == 125.0 and row["workers_for_estimated"] == 9
+  assert device_check.loader_headroom({"sections": {}}, 4, 0.4, "H200") == []
+  table = device_check.headroom_markdown([row])
+  assert "| jax_train_b2_bfloat16 | 1442 | 16.00 clips/s | 1098 clips/s | 1 / 9 |" in table

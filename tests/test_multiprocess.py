@@ -14,6 +14,11 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+from absl import app
+
+from diffsal_jax import main
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -29,3 +34,21 @@ def test_two_processes_match_one(tmp_path):
   assert report["processes"] == 2 and report["devices_per_process"] == 1
   assert report["loss_rel_diff"] <= 1e-5, report
   assert report["param_rel_diff"] <= 1e-5, report
+
+
+def test_cluster_from_environment_variables(monkeypatch):
+  """main.py's JAX_NUM_PROCESSES / JAX_PROCESS_ID (jax reads neither);
+  tests/test_preemption.py starts two trainers through them."""
+  for name in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+    monkeypatch.delenv(name, raising=False)
+  assert main._cluster_from_environment() == {}   # pylint: disable=protected-access
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+  monkeypatch.setenv("JAX_PROCESS_ID", "0")
+  assert main._cluster_from_environment() == {   # pylint: disable=protected-access
+      "num_processes": 2, "process_id": 0}
+  monkeypatch.delenv("JAX_PROCESS_ID")
+  with pytest.raises(app.UsageError, match="JAX_PROCESS_ID"):
+    main._cluster_from_environment()   # pylint: disable=protected-access
+  monkeypatch.setenv("JAX_PROCESS_ID", "one")
+  with pytest.raises(app.UsageError, match="integers"):
+    main._cluster_from_environment()   # pylint: disable=protected-access

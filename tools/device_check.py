@@ -3,7 +3,8 @@ published AV model on one accelerator, next to the published PyTorch model.
 
   python3 tools/device_check.py --out=$OUT --reference=.ref/diff_sal \
       [--budget_s=420] [--batches=4,8] [--dtypes=float32,bfloat16] \
-      [--sampling_steps=1,4] [--repeats=10] [--size=published|tiny]
+      [--sampling_steps=1,4] [--repeats=10] [--size=published|tiny] \
+      [--accelerators=4] [--mfu=0.4] [--headroom_device=H200]
 
 Sections, in order of value (each in its own process, with its own time
 guard, skipped and recorded as such when the budget runs low):
@@ -19,6 +20,10 @@ guard, skipped and recorded as such when the budget runs low):
   loader                the grain loader's clips/s on a small synthetic
                         release (`tools.benchmarks.loader_speed`),
                         against what the fastest train step consumes
+Then the loader headroom (`loader_headroom`): the clips/s that --accelerators
+such devices of one host consume, as measured and as estimated from XLA's
+FLOPs at --mfu of the device's peak (an H200's where the peak is unknown, as
+on a CPU), and the loader workers that takes at the measured rate per worker.
 Results are rewritten atomically to OUT/device_check.json after every
 section (a killed run keeps what finished), every section's output goes to
 OUT/device_check.log, and a Markdown table is printed at the end.
@@ -40,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pathlib
 import signal
@@ -140,10 +146,18 @@ def drive(args) -> dict[str, Any]:
       report["elapsed_s"] = time.monotonic() - started
       _write_json(json_path, report)
       print(f"[{report['elapsed_s']:5.0f} s] {name}: {_status(result)}", flush=True)
-  report["markdown"] = markdown(report)
+  report["headroom"] = loader_headroom(report, args.accelerators, args.mfu,
+                                       args.headroom_device or _device_kind(report))
+  report["markdown"] = markdown(report) + headroom_markdown(report["headroom"])
   _write_json(json_path, report)
   print(report["markdown"])
   return report
+
+
+def _device_kind(report: dict) -> str:
+  """The env section's device kind where its peak is known, else "H200"."""
+  kind = report["sections"].get("env", {}).get("device_kind", "")
+  return kind if device_sections.peak_tflops(kind, "float32") else "H200"
 
 
 def _tail(path: pathlib.Path, lines: int = 3) -> str:
@@ -211,6 +225,64 @@ def markdown(report: dict) -> str:
   return "\n".join(lines)
 
 
+def loader_headroom(report: dict, accelerators: int, mfu: float,
+                    target: str) -> list[dict[str, Any]]:
+  """What `accelerators` devices of one host consume against the loader.
+
+  Per timed train step (float32 / bf16, each batch): clips/s consumed by
+  `accelerators` such devices as measured here, and as estimated from XLA's
+  FLOPs per clip at `mfu` of the dense peak of `target` (a device_kind
+  substring of `device_sections.PEAK_TFLOPS`, e.g. "H200"); against the
+  grain loader's best measured clips/s (`loader` section) and its rate per worker
+  (threads or processes, the better mode), the workers that would need.
+  Empty when the run has no timed step or no loader figures.
+  """
+  sections = report["sections"]
+  loader = sections.get("loader", {})
+  if "clips_per_s" not in loader:
+    return []
+  # Ours only: the report also times the published-style PIL loader.
+  loader_rate = max(max(rates.values()) for name, rates in loader["clips_per_s"].items()
+                    if name.startswith("grain"))
+  per_worker = loader_rate / loader["workers"]
+  rows = []
+  for name, r in sections.items():
+    if not (name.startswith("jax_train") and "median_s" in r):
+      continue
+    peak = device_sections.peak_tflops(target, r["dtype"])
+    per_clip = r["flops"] / r["batch"] if r.get("flops") else None
+    needs = {"measured": accelerators * r["clips_per_s"],
+             "estimated": (accelerators * mfu * peak * 1e12 / per_clip
+                           if peak and per_clip else None)}
+    rows.append({"section": name, "dtype": r["dtype"], "batch": r["batch"],
+                 "gflop_per_clip": per_clip and per_clip / 1e9,
+                 "accelerators": accelerators, "mfu": mfu, "target": target,
+                 "target_peak_tflops": peak, "loader_clips_per_s": loader_rate,
+                 "loader_workers": loader["workers"],
+                 "clips_per_s_per_worker": per_worker,
+                 **{f"need_{k}": v for k, v in needs.items()},
+                 **{f"workers_for_{k}": (math.ceil(v / per_worker) if v else None)
+                    for k, v in needs.items()}})
+  return rows
+
+
+def headroom_markdown(rows: list[dict[str, Any]]) -> str:
+  if not rows:
+    return ""
+  r0 = rows[0]
+  lines = ["", f"Loader headroom for one host of {r0['accelerators']} devices: the loader "
+           f"gives {r0['loader_clips_per_s']:.1f} clips/s with {r0['loader_workers']} "
+           f"workers ({r0['clips_per_s_per_worker']:.1f} per worker).", "",
+           f"| step | GFLOP/clip | needs, {r0['accelerators']} x this device (measured) | "
+           f"needs, {r0['accelerators']} x {r0['target']} at {100 * r0['mfu']:.0f} % MFU "
+           "(estimate) | workers for each |", "|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(f"| {r['section']} | {_f(r['gflop_per_clip'], '.0f')} | "
+                 f"{r['need_measured']:.2f} clips/s | {_f(r['need_estimated'], '.0f')} clips/s | "
+                 f"{r['workers_for_measured']} / {_f(r['workers_for_estimated'], 'd')} |")
+  return "\n".join(lines)
+
+
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -230,6 +302,13 @@ def parse_args(argv=None):
   p.add_argument("--loader_batches", type=int, default=10)
   p.add_argument("--loader_modes", default="processes,threads",
                  help="grain worker processes and/or decoding threads")
+  p.add_argument("--accelerators", type=int, default=4,
+                 help="devices per host for the loader headroom")
+  p.add_argument("--mfu", type=float, default=0.4,
+                 help="utilisation assumed for the headroom's FLOP estimate")
+  p.add_argument("--headroom_device", default="",
+                 help="device whose peak the estimate uses (default: this one, or "
+                      "H200 where this one's peak is unknown, e.g. on a CPU)")
   p.add_argument("--skip", type=lambda s: [x for x in s.split(",") if x], default=[],
                  help="section name prefixes to leave out, e.g. loader,jax_sampler")
   p.add_argument("--model_override", action="append", default=[],

@@ -22,8 +22,8 @@ class AudioAttention(nnx.Module):
     self.heads, self.dim_head = heads, dim_head
     inner = heads * dim_head
     self.norm = layers.layer_norm(dim, rngs=rngs, dtype=dtype)
-    self.to_qkv = nnx.Linear(dim, 3 * inner, use_bias=False, dtype=dtype, rngs=rngs)
-    self.to_out = nnx.Linear(inner, dim, dtype=dtype, rngs=rngs)
+    self.to_qkv = layers.Linear(dim, 3 * inner, use_bias=False, dtype=dtype, rngs=rngs)
+    self.to_out = layers.Linear(inner, dim, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     b, n, _ = x.shape
@@ -58,7 +58,7 @@ class AudioTransformer(nnx.Module):
     self.norm = layers.layer_norm(dim, rngs=rngs, dtype=dtype)
     if fix_quirks:
       self.embed_norm_in = layers.layer_norm(dim, rngs=rngs, dtype=dtype)
-      self.embed_proj = nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
+      self.embed_proj = layers.Linear(dim, dim, dtype=dtype, rngs=rngs)
       self.embed_norm_out = layers.layer_norm(dim, rngs=rngs, dtype=dtype)
       self.pos_embedding = nnx.Param(jax.random.normal(rngs.params(), (num_patches,)))
 
@@ -67,8 +67,10 @@ class AudioTransformer(nnx.Module):
     x = feats.reshape(b, t * h * w, c)
     if self.fix_quirks:
       x = self.embed_norm_out(self.embed_proj(self.embed_norm_in(x)))
-      pos = jnp.repeat(self.pos_embedding[...].astype(x.dtype), h * w)
-      x = x + pos[None, :, None]
+      # Added in float32 (its gradient sums over the batch and channels:
+      # see layers._BiasInFloat32).
+      pos = jnp.repeat(self.pos_embedding[...], h * w)
+      x = (x + pos[None, :, None]).astype(x.dtype)
     for attn, ff in zip(self.attn, self.ff):
       x = attn(x) + x
       x = ff(x) + x

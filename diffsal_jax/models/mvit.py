@@ -52,8 +52,8 @@ class MultiScaleAttention(nnx.Module):
     self.num_heads = num_heads
     self.out_dim = out_dim
     hd = out_dim // num_heads
-    self.qkv = nnx.Linear(in_dim, 3 * out_dim, kernel_init=_trunc02, dtype=dtype, rngs=rngs)
-    self.proj = nnx.Linear(out_dim, out_dim, kernel_init=_trunc02, dtype=dtype, rngs=rngs)
+    self.qkv = layers.Linear(in_dim, 3 * out_dim, kernel_init=_trunc02, dtype=dtype, rngs=rngs)
+    self.proj = layers.Linear(out_dim, out_dim, kernel_init=_trunc02, dtype=dtype, rngs=rngs)
 
     def pool(stride):
       return layers.conv(hd, hd, (3, 3, 3), stride=stride, padding=1, groups=hd,
@@ -127,7 +127,7 @@ class MultiScaleBlock(nnx.Module):
                                     rel_pos_len, rngs=rngs, dtype=dtype)
     self.norm2 = layers.layer_norm(out_dim, rngs=rngs, dtype=dtype)
     self.mlp = layers.Mlp(out_dim, int(out_dim * mlp_ratio), rngs=rngs, dtype=dtype)
-    self.proj = (nnx.Linear(in_dim, out_dim, kernel_init=_trunc02, dtype=dtype, rngs=rngs)
+    self.proj = (layers.Linear(in_dim, out_dim, kernel_init=_trunc02, dtype=dtype, rngs=rngs)
                  if in_dim != out_dim else None)
 
   def output_grid(self, thw: tuple[int, int, int]) -> tuple[int, int, int]:

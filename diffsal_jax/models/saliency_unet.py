@@ -53,8 +53,8 @@ class SaliencyUNet(nnx.Module):
     widths = tuple(u.widths)
     ch, temb_ch = u.ch, 4 * u.ch
     self.ch = ch
-    self.temb_dense0 = nnx.Linear(ch, temb_ch, dtype=dtype, rngs=rngs)
-    self.temb_dense1 = nnx.Linear(temb_ch, temb_ch, dtype=dtype, rngs=rngs)
+    self.temb_dense0 = layers.Linear(ch, temb_ch, dtype=dtype, rngs=rngs)
+    self.temb_dense1 = layers.Linear(temb_ch, temb_ch, dtype=dtype, rngs=rngs)
     self.conv_in = layers.conv(1, ch, (3, 3), padding=1, dtype=dtype, rngs=rngs)
     self.down1 = layers.conv(ch, ch, (3, 3), stride=4, dtype=dtype, rngs=rngs)
     res, downs, in_c = [], [], ch

@@ -34,7 +34,7 @@ class ResnetBlock(nnx.Module):
                                  dtype=dtype, rngs=rngs)
     self.norm1 = gn(in_ch)
     self.conv1 = layers.conv(in_ch, out_ch, (3, 3), padding=1, dtype=dtype, rngs=rngs)
-    self.temb_proj = nnx.Linear(temb_ch, out_ch, dtype=dtype, rngs=rngs)
+    self.temb_proj = layers.Linear(temb_ch, out_ch, dtype=dtype, rngs=rngs)
     self.norm2 = gn(out_ch)
     self.dropout_rate = dropout
     self.conv2 = layers.conv(out_ch, out_ch, (3, 3), padding=1, dtype=dtype, rngs=rngs)
@@ -87,7 +87,7 @@ class EfficientAttention(nnx.Module):
     self.q_conv, self.q_norm = dw((3, 3, 3), 1, 1), ln()
     self.k_conv, self.k_norm = dw((1, s, s), (1, s, s), 0), ln()
     self.v_conv, self.v_norm = dw((1, s, s), (1, s, s), 0), ln()
-    lin = lambda: nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
+    lin = lambda: layers.Linear(dim, dim, dtype=dtype, rngs=rngs)
     self.proj_q, self.proj_k, self.proj_v, self.proj = lin(), lin(), lin(), lin()
 
   def _tokens(self, conv, norm, grid):

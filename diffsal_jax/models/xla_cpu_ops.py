@@ -163,9 +163,13 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
     x = x[(slice(None), *(slice(0, size - size % k)
                           for size, k in zip(x.shape[1:-1], ks)))]
     split = [d for size, k in zip(x.shape[1:-1], ks) for d in (size // k, k)]
-    y = x.reshape(n, *split, c) * kernel.reshape(
+    # In at least float32: the kernel's gradient sums over every window and
+    # example, and XLA sums a bfloat16 reduction in bfloat16 (see
+    # layers._BiasInFloat32). A no-op in float32 runs.
+    wide = jnp.promote_types(kernel.dtype, jnp.float32)
+    y = x.reshape(n, *split, c) * kernel.astype(wide).reshape(
         *[d for k in ks for d in (1, k)], c)
-    return y.sum(axis=tuple(range(2, 2 * len(ks) + 1, 2)))
+    return y.sum(axis=tuple(range(2, 2 * len(ks) + 1, 2))).astype(x.dtype)
   padded = jnp.pad(x, ((0, 0), *padding, (0, 0)))
   return _shifted_conv(padded, kernel, tuple(strides),
                        tuple(tuple(p) for p in padding))
