@@ -252,3 +252,26 @@ def test_bfloat16_bias_gradient_sums_in_float32(name):
   want, got = bias_grad(jnp.float32), bias_grad(jnp.bfloat16)
   assert 9 < want.min() and want.max() < 11
   np.testing.assert_allclose(got, want, rtol=0.01)
+
+
+def test_bfloat16_strided_depthwise_kernel_gradient_sums_in_float32():
+  """The XLA:CPU form of a depthwise conv with kernel == stride (the UNet's
+  k/v reductions): each tap's gradient sums 4,096 positive terms of about
+  5e-4 (about 2.0); in bfloat16 that sum stalled well below it."""
+  x = jax.random.uniform(jax.random.PRNGKey(0), (8, 32, 64, 16)) + 0.5
+  weight = jax.random.uniform(jax.random.PRNGKey(1), (8, 16, 32, 16)) * 1e-3
+
+  def kernel_grad(dtype):
+    module = layers.conv(16, 16, (2, 2), stride=2, groups=16, dtype=dtype,
+                         rngs=nnx.Rngs(0))
+    assert module.op_path == "xla_cpu"
+
+    def loss(m):
+      y = m(x.astype(dtype))
+      assert y.dtype == dtype
+      return jnp.sum((y * weight.astype(dtype)).astype(jnp.float32))
+    return np.asarray(nnx.jit(nnx.grad(loss))(module)["kernel"][...])
+
+  want, got = kernel_grad(jnp.float32), kernel_grad(jnp.bfloat16)
+  assert want.min() > 1
+  np.testing.assert_allclose(got, want, rtol=0.01)
