@@ -72,4 +72,5 @@ def get_config():
   c.eval_split = "val"
   c.final_eval_split = "val"
   c.auc_max_frames = 256
+  c.final_report = True              # <workdir>/report/index.html
   return c

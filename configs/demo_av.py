@@ -52,6 +52,7 @@ def get_config(argument: str = ""):
   # quarter of them.
   c.synthetic_data.fps = 6.25
   c.final_eval_split = "test"
+  c.final_report = True              # <workdir>/report/index.html
   # The visual demo's lr (it used 3e-3 then): at 3e-3 some seeds settled on the
   # visual answer (both discs) and never found the audio cue (measured, 1500
   # steps: test CC 0.58 for seeds 1 and 3, 0.85-0.88 for seeds 0, 2, 5); at

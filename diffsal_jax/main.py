@@ -7,7 +7,8 @@ r"""DiffSal training, evaluation and prediction.
       --workdir=RUN_AV/fold_2 --config.init_from=RUN
   python -m diffsal_jax.main --mode=all_folds --config=configs/av_finetune.py \
       --workdir=RUN_AV --config.init_from=RUN
-  python -m diffsal_jax.main --mode=evaluate --config=... --workdir=RUN [--split=val]
+  python -m diffsal_jax.main --mode=evaluate --config=... --workdir=RUN [--split=val] \
+      [--report=DIR]
   python -m diffsal_jax.main --mode=predict --config=... --workdir=RUN --split=test
 
 Any config value can be overridden with --config.<key>=<value>; unknown keys,
@@ -48,6 +49,10 @@ flags.DEFINE_string("split", None, "evaluate/predict: split to use (default "
                     "config.final_eval_split).")
 flags.DEFINE_string("checkpoint", None, "evaluate/predict: checkpoint folder "
                     "(default: the workdir's, chosen by config.eval_checkpoint).")
+flags.DEFINE_string("report", None, "evaluate: also write an HTML report "
+                    "of the checkpoint on the split to this folder "
+                    "(DIR/index.html: metrics table, per-video plots, frame "
+                    "strips, training curves, config).")
 flags.DEFINE_enum("distributed", "auto", ("auto", "true", "false"),
                   "Call jax.distributed.initialize() (auto: when a cluster "
                   "launcher's environment variables are present).")
@@ -101,6 +106,10 @@ def _checkpoint(config) -> str:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if FLAGS.report and FLAGS.mode != "evaluate":
+    raise app.UsageError("--report belongs to --mode=evaluate (training "
+                         "writes <workdir>/report with "
+                         "--config.final_report=true)")
   console.quiet_libraries()
   _maybe_initialize_distributed()
   logging.info("JAX process %d of %d; %d local of %d devices (%s)",
@@ -116,7 +125,8 @@ def main(argv) -> None:
                      sort_keys=True))
   elif FLAGS.mode == "evaluate":
     print(json.dumps(modes.run_evaluate(
-        config, workdir, split, _checkpoint(config)), indent=2, sort_keys=True))
+        config, workdir, split, _checkpoint(config), FLAGS.report), indent=2,
+        sort_keys=True))
   else:
     modes.run_predict(config, workdir, split, _checkpoint(config))
 

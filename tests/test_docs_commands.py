@@ -197,18 +197,21 @@ COMMANDS: dict[str, Run] = {
             expect=("runs/av/all_folds_metrics.json",)),
     # ---- README: evaluate
     "python -m diffsal_jax.main --mode=evaluate --config=configs/pretrain.py "
-    "--workdir=runs/pretrain --config.data.shards=/data/dhf1k_shards --split=val":
+    "--workdir=runs/pretrain --config.data.shards=/data/dhf1k_shards --split=val "
+    "--report=runs/pretrain/report":
         Run("evaluate_mode", after=("pretrain",), append="{TINY_VISUAL} {EVAL_SHORT}",
-            expect=("runs/pretrain/eval_val.json",)),
+            expect=("runs/pretrain/eval_val.json",
+                    "runs/pretrain/report/index.html")),
     "python -m diffsal_jax.main --mode=predict --config=configs/pretrain.py "
     "--workdir=runs/pretrain --config.data.shards=/data/dhf1k_shards --split=val":
         Run("predict_mode", after=("pretrain",), append="{TINY_VISUAL} {EVAL_SHORT}",
             expect=("runs/pretrain/predictions/val",)),
     "python -m diffsal_jax.evaluate --pred runs/pretrain/predictions/val "
-    "--data /data/DHF1K --dataset dhf1k --workers 2":
+    "--data /data/DHF1K --dataset dhf1k --workers 2 --report runs/pretrain/report_val":
         Run("evaluate_dhf1k", after=("predict_mode", "shards_dhf1k"),
             append="--noprogress",
-            expect=("runs/pretrain/predictions/val/metrics_dhf1k.json",)),
+            expect=("runs/pretrain/predictions/val/metrics_dhf1k.json",
+                    "runs/pretrain/report_val/index.html")),
     "python -m diffsal_jax.main --mode=predict --config=configs/av_finetune.py:fold=2 "
     "--workdir=runs/av/fold_2 --config.data.shards=/data/av_shards --split=test":
         Run("predict_mode_av", after=("finetune_fold2",),
@@ -256,6 +259,11 @@ COMMANDS: dict[str, Run] = {
             append="--videos 2 --frames 4 --height 36 --width 64 "
                    "--pred_height 32 --pred_width 64 --workers 1 --noprogress "
                    "--json {S}/metrics_speed.json"),
+    "python -m tools.benchmarks.report_speed":
+        Run("bench_report",
+            append="--videos 2 --frames 10 --height 36 --width 64 "
+                   "--report_frames 2 --workers 1 --json {S}/report_speed.json",
+            expect=("report_speed.json",)),
     # ---- docs/multi_host.md
     "GPUS=0,1,2,3 launch/local_gpus.sh configs/pretrain.py runs/pretrain "
     "--config.data.shards=/data/dhf1k_shards":

@@ -18,9 +18,10 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "diffsal_jax"
 ALLOWED = {
     "models": set(),
     "data": {"models.config"},
-    "evaluation": {"data"},
-    "training": {"models", "data", "evaluation"},
-    "inference": {"models", "data", "evaluation", "training"},
+    "reporting": {"data"},
+    "evaluation": {"data", "reporting"},
+    "training": {"models", "data", "evaluation", "reporting"},
+    "inference": {"models", "data", "evaluation", "training", "reporting"},
 }
 
 

@@ -9,8 +9,10 @@ audio-visual model checks the audio path against main the same way.
 
 import fractions
 import pathlib
+import re
 import subprocess
 import sys
+import urllib.parse
 
 import av
 import numpy as np
@@ -31,6 +33,7 @@ from diffsal_jax.inference import predict
 from diffsal_jax.inference import video_io
 from diffsal_jax.inference import video_predictor as vp
 from diffsal_jax.inference import video_timing
+from diffsal_jax.reporting import panels
 from tests import demo_run
 from tests import random_weights
 from tests import test_video_inputs
@@ -201,7 +204,7 @@ def test_blend_keeps_frame_where_map_is_zero():
   frame = np.full((4, 4, 3), 100, np.uint8)
   saliency = np.zeros((4, 4), np.uint8)
   saliency[0, 0] = 255
-  out = overlay.blend_heatmap(frame, saliency, 0.6)
+  out = panels.blend_heatmap(frame, saliency, 0.6)
   np.testing.assert_array_equal(out[1:], frame[1:])
   assert out[0, 0, 0] > out[0, 0, 2]   # the maximum is drawn red
 
@@ -390,9 +393,24 @@ def cli_outputs(trained_workdir, demo_mp4, tmp_path_factory):
   out = tmp_path_factory.mktemp("predict_out")
   result = _run_cli(f"--video={path}", f"--checkpoint={trained_workdir}",
                     "--config=configs/demo.py", f"--out={out}", "--npz",
+                    f"--report={out / 'report'}", "--report_frames=4",
                     "--noprogress")
   assert result.returncode == 0, result.stderr[-3000:]
   return out / "demo clip"
+
+
+def test_cli_report_shows_a_strip_and_links_the_overlay(cli_outputs):
+  report = cli_outputs.parent / "report"
+  page = (report / "index.html").read_text()
+  assert "<h2>demo clip</h2>" in page
+  links = [urllib.parse.unquote(h) for h in re.findall(r'href="([^"]+)"', page)]
+  assert (report / links[0]).resolve() == (cli_outputs / predict.OVERLAY).resolve()
+  sources = [urllib.parse.unquote(s)
+             for s in re.findall(r'<img src="([^"]+)"', page)]
+  assert len(sources) == 4 * 3   # 4 frames x (frame, prediction, overlay)
+  for source in sources:
+    with Image.open(report / source) as image:
+      image.load()
 
 
 def test_cli_writes_one_map_per_frame_at_input_size_and_overlay(

@@ -17,6 +17,7 @@ from diffsal_jax.data.synthetic import demo_data
 from diffsal_jax.data import input_pipeline
 from diffsal_jax.evaluation import metrics
 from diffsal_jax.training import modes
+from diffsal_jax.training import run_report
 from diffsal_jax.training import train_logging
 from tests import demo_run
 
@@ -65,6 +66,26 @@ def test_demo_logged_training_and_validation(visual_run):
                                  config.eval_every_steps))
   assert all({"loss", "lr", "grad_norm", "examples_per_s"} <= set(r)
              for r in records if r["kind"] == "train")
+
+
+def test_demo_writes_its_html_report(visual_run):
+  """The README's quick start links <workdir>/report/index.html."""
+  _, workdir, results = visual_run
+  report = pathlib.Path(workdir) / run_report.REPORT_DIR
+  page = (report / "index.html").read_text()
+  saved = json.loads((report / "results.json").read_text())
+  overall = saved["datasets"]["dhf1k"]["overall"]
+  # The published DHF1K validation clips (4 frames) predict frames 3..34 of
+  # each 40-frame video: 8 annotated frames per video have no map.
+  assert overall["n_videos"] == 4 and overall["n_missing_frames"] == 4 * 8
+  # Scored at the ground truth's resolution by the evaluation command's
+  # rules: close to, not equal to, the in-training metrics.
+  assert abs(overall["mean"]["cc"] - results["cc"]) < 0.05
+  assert f"<td>{overall['mean']['cc']:.4f}</td>" in page
+  assert "training loss" in page and "validation CC" in page
+  assert "<h2>Config</h2>" in page
+  pictures = [p for p in (report / "videos").rglob("*.jpg")]
+  assert len(pictures) == 4 * 6 * 4   # videos x strip frames x panels
 
 
 def test_evaluate_and_predict_modes(visual_run, tmp_path):

@@ -206,6 +206,28 @@ def read_fixation_mat(source, path=None) -> np.ndarray:
   return read_mat_variable(source, FIXATION_VARIABLE, path) > 0
 
 
+def decoded_frames(path: pathlib.Path, frame_ids) -> list[np.ndarray]:
+  """RGB uint8 frames of 1-based `frame_ids` as PyAV decodes the first video
+  stream (decoding stops after the last one asked for). Raises ReleaseError
+  for an undecodable file or a frame past its end."""
+  import av   # pylint: disable=g-import-not-at-top (only DHF1K AVIs need it)
+  wanted, found = set(frame_ids), {}
+  try:
+    with av.open(str(path)) as container:
+      for index, frame in enumerate(
+          container.decode(container.streams.video[0]), 1):
+        if index in wanted:
+          found[index] = frame.to_ndarray(format="rgb24")
+        if len(found) == len(wanted):
+          break
+  except av.error.FFmpegError as e:
+    raise ReleaseError("bad_video", path, f"cannot decode ({e})") from None
+  if len(found) < len(wanted):
+    raise ReleaseError("bad_video", path, f"has no frame "
+                       f"{min(wanted - set(found))}")
+  return [found[f] for f in frame_ids]
+
+
 def decoded_frame_count(path: pathlib.Path) -> int:
   """Frames PyAV decodes from the first video stream (what the converter
   writes; container headers are not trusted for AVIs)."""

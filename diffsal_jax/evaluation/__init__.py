@@ -1,1 +1,1 @@
-"""Evaluation: saliency metrics, ground truth readers and the evaluation report."""
+"""Evaluation: saliency metrics, ground truth readers, the evaluation tables and HTML report."""

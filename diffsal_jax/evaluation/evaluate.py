@@ -2,7 +2,7 @@ r"""Scores saliency predictions with the benchmark metrics.
 
   python -m diffsal_jax.evaluate --pred DIR --data SHARDS_OR_RAW \
       --dataset {dhf1k,avad,coutrot1,coutrot2,diem,etmd,summe} \
-      [--workers 2] [--out PREFIX] [--noprogress]
+      [--workers 2] [--out PREFIX] [--report DIR] [--noprogress]
   python -m diffsal_jax.evaluate --pred f1/ --pred f2/ --pred f3/ \
       --fold 1 --fold 2 --fold 3 --data /data/stavis --dataset diem
 
@@ -47,6 +47,7 @@ from diffsal_jax.data import shards
 from diffsal_jax.evaluation import report as report_lib
 from diffsal_jax.evaluation import metrics
 from diffsal_jax.evaluation import ground_truth
+from diffsal_jax.evaluation import html_report
 from diffsal_jax.evaluation import predictions as predictions_lib
 from diffsal_jax.evaluation import release_ground_truth
 from diffsal_jax.evaluation import scoring
@@ -260,6 +261,13 @@ def _define_flags(values: flags.FlagValues) -> None:
       "code does (SIM 0 for an all-zero prediction or map, KLD 0 for an "
       "all-zero map); nan makes those SIM/KLD values NaN and skips them."),
       **on)
+  flags.DEFINE_string("report", None, (
+      "Also write an HTML report to this folder: DIR/index.html with the "
+      "summary table, per-video plots, the best and worst videos and a page "
+      "per video with frame strips and per-frame CC/NSS (open it in any "
+      "browser; no network needed)."), **on)
+  flags.DEFINE_integer("report_frames", 6, "Frames per video in the "
+                       "report's strips.", lower_bound=1, **on)
   flags.DEFINE_bool("progress", True, "Progress bars on stderr.", **on)
   flags.mark_flags_as_required(["pred", "data", "dataset"], flag_values=values)
 
@@ -288,9 +296,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     report = evaluate(source, predictions, options, args.workers,
                       args.videos, progress=args.progress)
-  # A raw file that cannot be used, or a shard damaged on disk: both name
-  # the file and the fix.
-  except (release_files.ReleaseError, shards.DamagedShardError) as error:
+  # A raw file that cannot be used, a shard damaged on disk or a prediction
+  # that does not decode: each names the file and the fix.
+  except (release_files.ReleaseError, shards.DamagedShardError,
+          predictions_lib.DamagedPredictionError) as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
   report["prediction_dirs"] = {str(f): str(r) for f, r in folds}
@@ -303,6 +312,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   paths = report_lib.write_reports(report, prefix)
   report_lib.warn_about(report)
   print(report_lib.markdown_table(report))
+  if args.report:
+    paths.append(html_report.write_report(
+        [html_report.Evaluation(report, source, dict(predictions))],
+        args.report, frames_per_video=args.report_frames,
+        workers=args.workers))
   print("wrote " + ", ".join(map(str, paths)), file=sys.stderr)
   return 0
 

@@ -11,6 +11,7 @@ are sent to worker processes).
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -66,6 +67,13 @@ class GroundTruthSource(abc.ABC):
   @abc.abstractmethod
   def read_fixations(self, video: str, frame_id: int) -> np.ndarray:
     """Binary fixation map, bool, shape (H, W)."""
+
+  def read_frames(self, video: str, frame_ids: Sequence[int]
+                  ) -> list[np.ndarray] | None:
+    """RGB uint8 `(H, W, 3)` pictures of `frame_ids`, for reports; None when
+    the source holds no pictures of `video` (the scores never need them)."""
+    del video, frame_ids
+    return None
 
   def frame_count_note(self, video: str) -> str:
     """'' when the release's sources agree on `video`'s frame count, else

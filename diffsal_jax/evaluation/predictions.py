@@ -24,6 +24,10 @@ from diffsal_jax.evaluation import ground_truth
 _FRAME_FILE = re.compile(r"(?:pred_sal_)?(\d+)\.(?:png|jpe?g)", re.IGNORECASE)
 
 
+class DamagedPredictionError(ValueError):
+  """A prediction file that cannot be decoded (named in the message)."""
+
+
 class PredictionSource(abc.ABC):
   """Predicted maps of one fold, addressed like the ground truth."""
 
@@ -42,7 +46,8 @@ class PredictionDir(PredictionSource):
   Per video the first folder holding frame files wins: <root>/<dataset>/
   <video>, <root>/<video>, then <root>/<int(video)> for numbered videos.
   `read` gives float64 (H, W) in [0, 1] (`ground_truth.read_grey`);
-  KeyError for a frame without a file.
+  KeyError for a frame without a file, DamagedPredictionError for a file
+  that does not decode.
   """
 
   def __init__(self, root: str | pathlib.Path, dataset: str):
@@ -67,7 +72,14 @@ class PredictionDir(PredictionSource):
     return sorted(self._files(video))
 
   def read(self, video: str, frame_id: int) -> np.ndarray:
-    return ground_truth.read_grey(self._files(video)[frame_id])
+    path = self._files(video)[frame_id]
+    try:
+      return ground_truth.read_grey(path)
+    except OSError as error:   # PIL's UnidentifiedImageError included
+      raise DamagedPredictionError(
+          f"{path} cannot be read as an image ({error}); write it again, or "
+          f"delete it to score {video} without frame {frame_id} (counted as "
+          "a frame without prediction)") from None
 
 
 def save_prediction(root: str | pathlib.Path, dataset: str, video: str,

@@ -14,13 +14,20 @@ import abc
 import functools
 import logging
 import pathlib
+from collections.abc import Sequence
 
 import numpy as np
+from PIL import Image
 
 from diffsal_jax.data import layouts
 from diffsal_jax.data import manifest as shard_manifest
 from diffsal_jax.data import release_files
 from diffsal_jax.evaluation import ground_truth
+
+
+def _read_rgb(path: pathlib.Path) -> np.ndarray:
+  with Image.open(path) as image:
+    return np.asarray(image.convert("RGB"))
 
 
 def _require_dir(path: pathlib.Path, what: str) -> pathlib.Path:
@@ -104,14 +111,30 @@ class Dhf1kRawSource(_RawSource):
       raise FileNotFoundError(f"{self.annotation}: no folder of DHF1K video {video}")
     return folder
 
-  def _video_frame_count(self, number: int) -> dict[str, int]:
-    """Frames of the video itself, when the release holds it."""
+  def _video_file(self, number: int) -> pathlib.Path | None:
     avis = [p for p in (self.root / "video").glob("*")
             if p.stem.isdigit() and int(p.stem) == number and p.suffix.lower() == ".avi"]
-    if avis:
-      return {"decoded AVI frames": release_files.decoded_frame_count(avis[0])}
+    return avis[0] if avis else None
+
+  def _video_frame_count(self, number: int) -> dict[str, int]:
+    """Frames of the video itself, when the release holds it."""
+    avi = self._video_file(number)
+    if avi:
+      return {"decoded AVI frames": release_files.decoded_frame_count(avi)}
     frames = layouts.numbered_subdirs(self.root / "frames").get(number)
     return {"frames": self._files(frames, "{:d}.png").count} if frames else {}
+
+  def read_frames(self, video: str, frame_ids: Sequence[int]
+                  ) -> list[np.ndarray] | None:
+    number = int(self._folder(video).name)
+    avi = self._video_file(number)
+    if avi:
+      return release_files.decoded_frames(avi, frame_ids)
+    frames = layouts.numbered_subdirs(self.root / "frames").get(number)
+    if not frames:
+      return None
+    files = self._files(frames, "{:d}.png")
+    return [_read_rgb(files.path(f)) for f in frame_ids]
 
   def _frame_counts(self, video: str) -> tuple[str, dict[str, int]]:
     folder = self._folder(video)
@@ -185,6 +208,14 @@ class StavisRawSource(_RawSource):
     if video in self._listed_frames:
       counts["in the fold list"] = self._listed_frames[video]
     return str(self.annotation / video), counts
+
+  def read_frames(self, video: str, frame_ids: Sequence[int]
+                  ) -> list[np.ndarray] | None:
+    folder = self.root / "video_frames" / self.folder / video
+    if not folder.is_dir():
+      return None
+    files = self._files(folder, "img_{:05d}.jpg")
+    return [_read_rgb(files.path(f)) for f in frame_ids]
 
   def read_map(self, video: str, frame_id: int) -> np.ndarray:
     maps = self.annotation / video / "maps"

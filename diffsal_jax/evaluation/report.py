@@ -19,15 +19,17 @@ from diffsal_jax.data import atomic_files
 from diffsal_jax.evaluation import metrics
 
 METRIC_TITLES = ("CC", "SIM", "KLD", "NSS", "AUC-J", "AUC-B", "sAUC")
+PER_FRAME_METRICS = ("cc", "nss")  # kept per frame in the JSON report
 
 
-def _nanmean(values: Sequence[float]) -> float:
+def nanmean(values: Sequence[float]) -> float:
+  """Mean of the finite values; NaN when there is none."""
   finite = [v for v in values if np.isfinite(v)]
   return float(np.mean(finite)) if finite else float("nan")
 
 
 def _summary(rows: dict[str, Sequence[float]]) -> dict[str, float]:
-  return {name: _nanmean(rows[name]) for name in metrics.METRIC_NAMES}
+  return {name: nanmean(rows[name]) for name in metrics.METRIC_NAMES}
 
 
 def summarise(results: Sequence[tuple[object, np.ndarray]],
@@ -47,6 +49,12 @@ def summarise(results: Sequence[tuple[object, np.ndarray]],
     entry = {"n_frames": len(job.frame_ids),
              "n_missing_frames": len(job.missing_frames)}
     entry.update(_summary(dict(zip(metrics.METRIC_NAMES, scores.T))))
+    # Per-frame CC and NSS (for the HTML report's curves) and the annotated
+    # frames that had no prediction.
+    entry["per_frame"] = {"frame_ids": list(job.frame_ids),
+                          **{name: scores[:, metrics.METRIC_NAMES.index(name)]
+                             .tolist() for name in PER_FRAME_METRICS}}
+    entry["missing_frame_ids"] = list(job.missing_frames)
     for name, column in zip(metrics.METRIC_NAMES, scores.T):
       nan_frames[name] += int(np.isnan(column).sum())
     label = "all" if job.fold is None else str(job.fold)
@@ -72,17 +80,18 @@ def summarise(results: Sequence[tuple[object, np.ndarray]],
   return {"folds": folds, "overall": overall, "nan_frames": nan_frames}
 
 
-def _json_safe(value):
+def json_safe(value):
+  """`value` with dict keys as strings and NaN/inf floats as None (JSON)."""
   if isinstance(value, dict):
-    return {str(k): _json_safe(v) for k, v in value.items()}
+    return {str(k): json_safe(v) for k, v in value.items()}
   if isinstance(value, list | tuple):
-    return [_json_safe(v) for v in value]
+    return [json_safe(v) for v in value]
   if isinstance(value, float) and not np.isfinite(value):
     return None
   return value
 
 
-def _summary_rows(report: dict) -> list[tuple[str, int, int, int, dict]]:
+def summary_rows(report: dict) -> list[tuple[str, int, int, int, dict]]:
   """(label, videos, scored frames, frames without prediction, means)."""
   rows = [(label, f["n_videos"], f["n_frames"], f["n_missing_frames"],
            f["mean"]) for label, f in report["folds"].items()]
@@ -98,19 +107,31 @@ def markdown_table(report: dict) -> str:
   head = ["fold", "videos", "frames", "frames without prediction",
           *METRIC_TITLES]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  for label, n_videos, n_frames, n_missing, means in _summary_rows(report):
+  for label, n_videos, n_frames, n_missing, means in summary_rows(report):
     cells = [f"{means[n]:.4f}" for n in metrics.METRIC_NAMES]
     lines.append("| " + " | ".join([label, str(n_videos), str(n_frames),
                                      str(n_missing), *cells]) + " |")
   return "\n".join(lines)
 
 
+def without_per_frame(report: dict) -> dict:
+  """`report` without the videos' `per_frame` scores (a copy)."""
+  folds = {label: {**fold, "videos": {
+      video: {k: v for k, v in entry.items() if k != "per_frame"}
+      for video, entry in fold["videos"].items()}}
+           for label, fold in report["folds"].items()}
+  return {**report, "folds": folds}
+
+
 def write_reports(report: dict, prefix: pathlib.Path) -> list[pathlib.Path]:
-  """Writes <prefix>.json (everything) and <prefix>.csv (video and means)."""
+  """Writes <prefix>.json (everything but the per-frame scores) and
+  <prefix>.csv (video and means)."""
   json_path = prefix.with_name(prefix.name + ".json")
   csv_path = prefix.with_name(prefix.name + ".csv")
-  atomic_files.write_json(json_path, _json_safe(report), indent=2,
-                          allow_nan=False)
+  # The per-frame lists stay out of this (indented) file: they would be one
+  # line per number; the HTML report's results.json keeps them.
+  atomic_files.write_json(json_path, json_safe(without_per_frame(report)),
+                          indent=2, allow_nan=False)
 
   def write_csv(stream) -> None:
     writer = csv.writer(stream)
@@ -125,7 +146,7 @@ def write_reports(report: dict, prefix: pathlib.Path) -> list[pathlib.Path]:
         # Videos without any prediction: no scores, all frames missing.
         writer.writerow([label, video, 0, count,
                          *([""] * len(metrics.METRIC_NAMES))])
-    for label, _, n_frames, n_missing, means in _summary_rows(report):
+    for label, _, n_frames, n_missing, means in summary_rows(report):
       writer.writerow([label, "(mean)", n_frames, n_missing,
                        *(means[n] for n in metrics.METRIC_NAMES)])
 

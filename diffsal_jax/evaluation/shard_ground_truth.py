@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import pathlib
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -113,6 +114,17 @@ class ShardGroundTruth(ground_truth.GroundTruthSource):
   def read_map(self, video: str, frame_id: int) -> np.ndarray:
     map_file = self._ground_truth(video, frame_id).map_orig
     return ground_truth.read_grey(io.BytesIO(map_file))
+
+  def read_frames(self, video: str, frame_ids: Sequence[int]
+                  ) -> list[np.ndarray]:
+    # The shards hold every frame, at the conversion's size (model input).
+    index = self._entry_index(video)
+    num_frames = self._manifest.videos[index].num_frames
+    outside = [f for f in frame_ids if not 1 <= f <= num_frames]
+    if outside:
+      raise KeyError(f"{self.folder} video {video} has frames 1..{num_frames},"
+                     f" not {outside}")
+    return list(self._shard_store().frames_uint8(index, list(frame_ids)))
 
   def read_fixations(self, video: str, frame_id: int) -> np.ndarray:
     entry = self._manifest.videos[self._entry_index(video)]

@@ -18,26 +18,7 @@ import numpy as np
 from diffsal_jax.data import atomic_files
 from diffsal_jax.inference import video_timing
 from diffsal_jax.inference.video_io import AudioTrack
-
-
-def _jet_table() -> np.ndarray:
-  """(256, 3) uint8 jet colour map: blue (0) to red (255)."""
-  x = np.linspace(0.0, 1.0, 256)[:, None]
-  centres = np.array([0.75, 0.5, 0.25])  # red, green, blue
-  rgb = np.clip(1.5 - np.abs(4.0 * (x - centres)), 0.0, 1.0)
-  return np.round(rgb * 255).astype(np.uint8)
-
-
-_JET = _jet_table()
-
-
-def blend_heatmap(frame: np.ndarray, saliency: np.ndarray,
-                  alpha: float = 0.6) -> np.ndarray:
-  """Jet heat map of uint8 `saliency` (H, W) over RGB `frame`, map-weighted."""
-  weight = (alpha / 255.0) * saliency.astype(np.float32)[..., None]
-  heat = _JET[saliency].astype(np.float32)
-  out = frame.astype(np.float32) * (1.0 - weight) + heat * weight
-  return np.round(out).astype(np.uint8)
+from diffsal_jax.reporting import panels
 
 
 class OverlayWriter:
@@ -84,7 +65,7 @@ class OverlayWriter:
 
   def write(self, frame: np.ndarray, saliency: np.ndarray,
             alpha: float) -> None:
-    image = blend_heatmap(frame, saliency, alpha)
+    image = panels.blend_heatmap(frame, saliency, alpha)
     pad = ((0, self._height - image.shape[0]),
            (0, self._width - image.shape[1]), (0, 0))
     if any(p[1] for p in pad):

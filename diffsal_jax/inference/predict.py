@@ -1,7 +1,7 @@
 r"""Saliency maps for your own videos: PNG maps, an overlay video, an npz.
 
   python -m diffsal_jax.predict --video clip.mp4 --checkpoint CKPT --out OUT \
-      [--config configs/av_finetune.py] [--npz] [--steps 1]
+      [--config configs/av_finetune.py] [--npz] [--steps 1] [--report DIR]
   python -m diffsal_jax.predict --video a.mkv --video b.mov ... --checkpoint ..
   python -m diffsal_jax.predict --video_list videos.txt --checkpoint ...
   python -m diffsal_jax.predict --frames DIR --fps 25 [--wav sound.wav] ...
@@ -55,6 +55,7 @@ from diffsal_jax.data import atomic_files
 from diffsal_jax.data import audio as audio_lib
 from diffsal_jax.evaluation import metrics
 from diffsal_jax.inference import overlay
+from diffsal_jax.inference import predict_report
 from diffsal_jax.evaluation import predictions
 from diffsal_jax.training import train_config
 from diffsal_jax.inference import video_io
@@ -241,6 +242,11 @@ def _define_flags() -> None:
   flags.DEFINE_float("alpha", 0.6, "Overlay opacity at the map's maximum.")
   flags.DEFINE_integer("audio_rate", 0, "Resample a video's audio to this rate "
                        "before the log-mel front end (0: keep its own rate).")
+  flags.DEFINE_string("report", None, "Also write an HTML report to this "
+                      "folder: per input a strip of frames with their maps "
+                      "and overlays, linked to overlay.mp4 (DIR/index.html).")
+  flags.DEFINE_integer("report_frames", 6, "Frames per input in the report.",
+                       lower_bound=1)
   flags.DEFINE_bool("progress", True, "Show progress bars.")
   flags.mark_flags_as_required(["checkpoint", "out"])
 
@@ -312,6 +318,7 @@ def main(argv) -> int:
   options = OutputOptions(overlay=FLAGS.overlay, npz=FLAGS.npz,
                           alpha=FLAGS.alpha, audio_rate=FLAGS.audio_rate,
                           progress=FLAGS.progress)
+  reported, report_notes = [], []
   for source, name in zip(sources, _unique_names(sources)):
     try:
       summary = predict_source(predictor, source,
@@ -320,6 +327,24 @@ def main(argv) -> int:
     except (video_io.MediaError, audio_lib.AudioError) as err:
       errors.append(f"{source.name}: {err}")
       logging.error("%s: %s", source.name, err)
+      continue
+    if FLAGS.report:
+      # One more decoding pass, up to the last frame of the strip; a failure
+      # here costs the strip, not the input's outputs.
+      wanted = predict_report.strip_frames(summary["frames"],
+                                           FLAGS.report_frames)
+      try:
+        pictures = predict_report.strip_pictures(
+            source.frames(), pathlib.Path(summary["maps"]), wanted)
+      except (video_io.MediaError, OSError) as err:
+        pictures = {}
+        report_notes.append(f"{source.name}: no strip ({err})")
+      reported.append((name, summary, pictures))
+  if FLAGS.report:
+    index = predict_report.write_report(FLAGS.report, reported,
+                                        errors + report_notes,
+                                        alpha=FLAGS.alpha)
+    print(f"report: {index}", file=sys.stderr)
   if errors:   # repeated at the end, where a long run's log ends
     print("failed inputs:\n  " + "\n  ".join(errors), file=sys.stderr)
   return 1 if errors else 0

@@ -17,6 +17,7 @@ from absl import logging
 from diffsal_jax.data import atomic_files
 from diffsal_jax.data.synthetic import demo_data
 from diffsal_jax.training import model_setup
+from diffsal_jax.training import run_report
 from diffsal_jax.training import train_config
 from diffsal_jax.training import validation
 
@@ -34,15 +35,26 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str
 
 
 def run_evaluate(config: ml_collections.ConfigDict, workdir: str, split: str,
-                 checkpoint: str) -> dict[str, float]:
-  """`--mode=evaluate`: scores `checkpoint`, writes <workdir>/eval_<split>.json."""
+                 checkpoint: str, report_dir: str | None = None
+                 ) -> dict[str, float]:
+  """`--mode=evaluate`: scores `checkpoint`, writes <workdir>/eval_<split>.json
+  and, with `report_dir`, the HTML report there (`run_report`)."""
   config = prepare_run(config, workdir)
-  results = model_setup.evaluate_checkpoint(config, checkpoint, split)
+  model = model_setup.abstract_model(config)
+  sampler = validation.make_sampler(model.model_def, config, model.mesh)
+  results = model_setup.evaluate_checkpoint(config, checkpoint, split,
+                                            model=model, sampler=sampler)
   if jax.process_index() == 0:
     atomic_files.write_json(
         os.path.join(workdir, f"eval_{split}.json"),
         {"split": split, "checkpoint": checkpoint, **results},
         indent=2, sort_keys=True)
+  if report_dir:
+    index = run_report.write_run_report(config, workdir, split, checkpoint,
+                                        report_dir, model=model,
+                                        sampler=sampler)
+    if index:
+      logging.info("Report: %s", index)
   return results
 
 

@@ -30,6 +30,7 @@ from diffsal_jax.data import input_pipeline
 from diffsal_jax.training import model_setup
 from diffsal_jax.training import modes
 from diffsal_jax.training import preemption as preemption_lib
+from diffsal_jax.training import run_report
 from diffsal_jax.training import train_logging
 from diffsal_jax.training import train_state as ts
 from diffsal_jax.training import validation
@@ -235,4 +236,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                             {"split": config.final_eval_split, **results},
                             indent=2, sort_keys=True)
   logging.info("Final %s metrics: %s", config.final_eval_split, results)
+  if config.final_report:
+    index = run_report.write_run_report(
+        config, workdir, config.final_eval_split,
+        checkpointing.resolve_variables_dir(workdir, "best"),
+        os.path.join(workdir, run_report.REPORT_DIR), model=loop.model,
+        sampler=loop.sampler)
+    if index:
+      logging.info("Report: %s", index)
   return results

@@ -71,6 +71,10 @@ def base_config(variant: str = "visual") -> ml_collections.ConfigDict:
   c.best_metric = "cc+nss+sim"      # published keeps max(cc + nss + sim)
   c.eval_checkpoint = "best"        # evaluate/predict: 'best', 'latest' or a dir
   c.auc_max_frames = 2000           # frames scored with AUC-J/sAUC at the end
+  # After training: <workdir>/report/index.html, the HTML report of the best
+  # checkpoint on final_eval_split (training/run_report.py; the demos say True).
+  c.final_report = False
+  c.report_frames = 6               # frames per video in the report's strips
   # Demo only: build a synthetic release + shards (data_prep) if absent and
   # train on it; config.data.shards is then set to <dir>/shards.
   c.synthetic_data = ml_collections.ConfigDict()
@@ -146,6 +150,9 @@ def validate_config(config: ml_collections.ConfigDict, *,
   if config.model.get("ops", "auto") not in op_paths.PATHS:
     problems.append(f"config.model.ops={config.model.ops!r} must be one of "
                     f"{op_paths.PATHS} (see docs/training.md)")
+  if config.report_frames < 1:
+    problems.append(f"config.report_frames={config.report_frames} must be at "
+                    "least 1 (frames per video in the HTML report)")
   if config.param_sharding not in ("replicated", "fsdp"):
     problems.append(f"config.param_sharding={config.param_sharding!r} must be "
                     "'replicated' or 'fsdp'")
