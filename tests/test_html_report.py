@@ -26,6 +26,7 @@ from diffsal_jax.evaluation import predictions
 from diffsal_jax.evaluation import release_ground_truth
 from diffsal_jax.evaluation import scoring
 from diffsal_jax.inference import predict_report
+from diffsal_jax.reporting import panels
 from diffsal_jax.reporting import svg
 from tests import synthetic_data
 
@@ -221,8 +222,8 @@ def test_main_refuses_report_outside_evaluate_mode(tmp_path):
 
 
 def test_strip_frames_are_evenly_spaced():
-  assert html_report.evenly_spaced(list(range(1, 101)), 4) == [1, 34, 67, 100]
-  assert html_report.evenly_spaced([3, 5], 6) == [3, 5]
+  assert panels.evenly_spaced(list(range(1, 101)), 4) == [1, 34, 67, 100]
+  assert panels.evenly_spaced([3, 5], 6) == [3, 5]
 
 
 _IMAGE_CHECK = """<script>
@@ -303,9 +304,10 @@ def test_prediction_report_lists_failed_inputs_and_links_outputs(tmp_path):
 
 
 def test_prediction_strip_frames_spread_over_the_video():
-  assert predict_report.strip_frames(10, 4) == [1, 4, 7, 10]
-  assert predict_report.strip_frames(2, 6) == [1, 2]
-  assert predict_report.strip_frames(0, 6) == []
+  # predict's strip: frame numbers 1..N of the input
+  assert panels.evenly_spaced(range(1, 11), 4) == [1, 4, 7, 10]
+  assert panels.evenly_spaced(range(1, 3), 6) == [1, 2]
+  assert panels.evenly_spaced(range(1, 1), 6) == []
 
 
 def test_raw_releases_give_their_frames(tmp_path):

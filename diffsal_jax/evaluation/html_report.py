@@ -70,14 +70,6 @@ def _slug(dataset: str, fold: str, video: str) -> str:
   return safe
 
 
-def evenly_spaced(frame_ids: Sequence[int], count: int) -> list[int]:
-  """Up to `count` (>= 1) frames of `frame_ids` spread from first to last."""
-  if len(frame_ids) <= count:
-    return list(frame_ids)
-  picks = np.linspace(0, len(frame_ids) - 1, count).round().astype(int)
-  return [frame_ids[i] for i in sorted(set(picks.tolist()))]
-
-
 def _conventions(report: dict) -> str:
   options = report["options"]
   sauc = ("negatives from the fixations of "
@@ -270,7 +262,7 @@ def _video_page(out_dir: pathlib.Path, evaluation: Evaluation, label: str,
   prediction = {("all" if fold is None else str(fold)): p for fold, p
                 in evaluation.predictions.items()}[label]
   per_frame = entry["per_frame"]
-  frames = evenly_spaced(per_frame["frame_ids"], frames_per_video)
+  frames = panels.evenly_spaced(per_frame["frame_ids"], frames_per_video)
   rows, errors, has_pictures = _strip_pictures(
       source, prediction, video, frames, width, out_dir / "videos" / slug)
   curves = "".join(

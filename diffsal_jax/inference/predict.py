@@ -59,6 +59,7 @@ from diffsal_jax.inference import predict_report
 from diffsal_jax.evaluation import predictions
 from diffsal_jax.training import train_config
 from diffsal_jax.inference import video_io
+from diffsal_jax.reporting import panels
 from diffsal_jax.inference import video_predictor as vp
 
 MAPS_DIR, OVERLAY, NPZ = "maps", "overlay.mp4", "maps.npz"
@@ -331,8 +332,8 @@ def main(argv) -> int:
     if FLAGS.report:
       # One more decoding pass, up to the last frame of the strip; a failure
       # here costs the strip, not the input's outputs.
-      wanted = predict_report.strip_frames(summary["frames"],
-                                           FLAGS.report_frames)
+      wanted = panels.evenly_spaced(range(1, summary["frames"] + 1),
+                                    FLAGS.report_frames)
       try:
         pictures = predict_report.strip_pictures(
             source.frames(), pathlib.Path(summary["maps"]), wanted)

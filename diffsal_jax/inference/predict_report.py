@@ -22,14 +22,6 @@ from diffsal_jax.reporting import panels
 PANELS = ("frame", "prediction", "overlay")
 
 
-def strip_frames(num_frames: int, count: int) -> list[int]:
-  """Up to `count` 1-based frame numbers spread over 1..num_frames."""
-  if num_frames <= 0:
-    return []
-  picks = np.linspace(1, num_frames, min(count, num_frames)).round()
-  return sorted(set(picks.astype(int).tolist()))
-
-
 def strip_pictures(frames: Iterator[np.ndarray], maps_dir: pathlib.Path,
                    wanted: Sequence[int]) -> dict[int, tuple[np.ndarray,
                                                              np.ndarray]]:

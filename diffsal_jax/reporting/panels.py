@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import pathlib
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -73,6 +74,15 @@ def with_fixations(picture: np.ndarray, fixations: np.ndarray,
     for dc in range(-radius, radius + 1):
       out[np.clip(rows + dr, 0, h - 1), np.clip(cols + dc, 0, w - 1)] = (255, 0, 0)
   return out
+
+
+def evenly_spaced(frame_ids: Sequence[int], count: int) -> list[int]:
+  """Up to `count` (>= 1) of `frame_ids` spread from first to last: the
+  frames a report's strip shows."""
+  if len(frame_ids) <= count:
+    return list(frame_ids)
+  picks = np.linspace(0, len(frame_ids) - 1, count).round().astype(int)
+  return [frame_ids[i] for i in sorted(set(picks.tolist()))]
 
 
 def thumbnail_size(shape_hw: tuple[int, int], width: int) -> tuple[int, int]:
