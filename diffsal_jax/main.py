@@ -14,7 +14,9 @@ r"""DiffSal training, evaluation and prediction.
 Any config value can be overridden with --config.<key>=<value>; unknown keys,
 a missing data folder or a batch size the devices cannot split fail at start.
 Library logs (orbax, JAX, grain) are hidden below ERROR; --verbosity=1
-shows them.
+shows them. Compiled programs are kept in a per-user cache folder and reused
+by the next run (--config.compilation_cache: 'auto', a folder, or '' for off;
+see docs/training.md).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from diffsal_jax import compilation_cache
 from diffsal_jax import console
 from diffsal_jax.training import checkpointing
 from diffsal_jax.training import folds
@@ -111,12 +114,13 @@ def main(argv) -> None:
                          "writes <workdir>/report with "
                          "--config.final_report=true)")
   console.quiet_libraries()
-  _maybe_initialize_distributed()
-  logging.info("JAX process %d of %d; %d local of %d devices (%s)",
-               jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count(),
-               jax.devices()[0].platform)
   config, workdir = FLAGS.config, FLAGS.workdir
+  cache = compilation_cache.enable(config.get("compilation_cache", "auto"))
+  _maybe_initialize_distributed()
+  logging.info("JAX process %d of %d; %d local of %d devices (%s); "
+               "compilation cache: %s", jax.process_index(),
+               jax.process_count(), jax.local_device_count(),
+               jax.device_count(), jax.devices()[0].platform, cache or "off")
   split = FLAGS.split or config.final_eval_split
   if FLAGS.mode == "train":
     train.train_and_evaluate(config, workdir)
@@ -129,6 +133,7 @@ def main(argv) -> None:
         sort_keys=True))
   else:
     modes.run_predict(config, workdir, split, _checkpoint(config))
+  logging.info("Compilation cache %s", compilation_cache.describe())
 
 
 if __name__ == "__main__":

@@ -259,6 +259,11 @@ COMMANDS: dict[str, Run] = {
             append="--videos 2 --frames 4 --height 36 --width 64 "
                    "--pred_height 32 --pred_width 64 --workers 1 --noprogress "
                    "--json {S}/metrics_speed.json"),
+    "python -m tools.benchmarks.startup":
+        Run("bench_startup",
+            append="--sizes=demo --programs=sampler --demo_runs= "
+                   "--json={S}/startup.json",
+            expect=("startup.json",), expect_json=(("startup.json", "compile"),)),
     "python -m tools.benchmarks.report_speed":
         Run("bench_report",
             append="--videos 2 --frames 10 --height 36 --width 64 "

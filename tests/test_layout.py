@@ -51,9 +51,11 @@ def import_graph() -> dict[str, set[str]]:
   return {_module_name(f): _imports(f, modules) for f in files}
 
 
-# Top-level modules a role may import: only the console and flag set-up the
-# commands share (the commands themselves sit above all roles).
-SHARED = {"diffsal_jax.console", "diffsal_jax.cli_flags"}
+# Top-level modules a role may import: only the console, flag set-up and
+# compilation cache the commands share (the commands themselves sit above
+# all roles).
+SHARED = {"diffsal_jax.console", "diffsal_jax.cli_flags",
+          "diffsal_jax.compilation_cache"}
 
 
 def _role(module: str) -> str | None:

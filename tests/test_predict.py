@@ -479,3 +479,40 @@ def test_maps_equal_mains_predict_mode(trained_workdir, cli_outputs, demo_mp4,
     ours_8bit = np.round(mine / mine.max() * 255)
     np.testing.assert_allclose(ours_8bit, expected, atol=1, err_msg=f"frame {frame}")
     assert np.mean(ours_8bit != expected) < 0.01, f"frame {frame}"
+
+
+_CACHE_LOG = re.compile(r"Compilation cache (\S+): (\d+) programs read, "
+                        r"(\d+) compiled and stored")
+
+
+def test_cli_second_run_reads_its_programs_from_the_compilation_cache(
+    trained_workdir, tmp_path):
+  """Two processes share --compilation_cache: the first compiles and stores
+  the sampler's programs, the second reads every one of them and compiles
+  nothing; both give the same maps."""
+  frames = tmp_path / "frames"
+  frames.mkdir()
+  for k, array in enumerate(_disc_video(6, size_hw=(36, 64)), 1):
+    Image.fromarray(array).save(frames / f"{k:03d}.png")
+  cache = tmp_path / "cache"
+  counts, maps = [], []
+  for run in range(2):
+    out = tmp_path / f"out{run}"
+    result = _run_cli(f"--frames={frames}", "--fps=25",
+                      f"--checkpoint={trained_workdir}",
+                      "--config=configs/demo.py", f"--out={out}",
+                      "--nooverlay", "--noprogress",
+                      f"--compilation_cache={cache}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = _CACHE_LOG.findall(result.stderr)
+    assert len(found) == 1, result.stderr[-3000:]
+    folder, read, stored = found[0]
+    assert pathlib.Path(folder) == cache
+    counts.append((int(read), int(stored)))
+    maps.append([np.asarray(Image.open(p)) for p in
+                 sorted((out / "frames" / predict.MAPS_DIR).iterdir())])
+  (read_1, stored_1), (read_2, stored_2) = counts
+  assert read_1 == 0 and stored_1 >= 1
+  assert (read_2, stored_2) == (stored_1, 0)
+  assert len(maps[0]) == 6
+  np.testing.assert_array_equal(np.stack(maps[0]), np.stack(maps[1]))

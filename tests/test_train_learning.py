@@ -68,6 +68,21 @@ def test_demo_logged_training_and_validation(visual_run):
              for r in records if r["kind"] == "train")
 
 
+def test_demo_records_its_start_up_with_the_compilation_cache(visual_run):
+  """The README command uses the cache by default ('auto' follows the
+  session's JAX_COMPILATION_CACHE_DIR) and records its start-up."""
+  _, workdir, _ = visual_run
+  with open(pathlib.Path(workdir) / train_logging.STARTUP_FILE) as f:
+    records = [json.loads(line) for line in f]
+  assert len(records) == 1, records
+  record = records[0]
+  assert record["first_step"] == 1 and not record["resumed"]
+  assert record["compilation_cache"] == os.environ["JAX_COMPILATION_CACHE_DIR"]
+  assert record["cache_hits"] + record["cache_writes"] >= 2   # init, step
+  assert 0 < record["train_step_compile_seconds"] < record[
+      "seconds_to_first_step"]
+
+
 def test_demo_writes_its_html_report(visual_run):
   """The README's quick start links <workdir>/report/index.html."""
   _, workdir, results = visual_run

@@ -29,6 +29,8 @@ Every input is probed before the model loads (`video_io`); frames come out
 upright (display matrix), audio windows follow each frame's timestamp, the
 sound is aligned to the first frame, and each correction is listed in the
 input's JSON summary line (`corrections`, `vfr`, `audio_offset_s`).
+The compiled sampler is kept in the per-user compilation cache and reused by
+the next run (--compilation_cache; see `diffsal_jax.compilation_cache`).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from absl import logging
 from ml_collections import config_flags
 from PIL import Image
 
+from diffsal_jax import compilation_cache
 from diffsal_jax import console
 from diffsal_jax.data import atomic_files
 from diffsal_jax.data import audio as audio_lib
@@ -249,6 +252,11 @@ def _define_flags() -> None:
   flags.DEFINE_integer("report_frames", 6, "Frames per input in the report.",
                        lower_bound=1)
   flags.DEFINE_bool("progress", True, "Show progress bars.")
+  flags.DEFINE_string("compilation_cache", compilation_cache.AUTO,
+                      "Persistent compilation cache: 'auto' "
+                      "($JAX_COMPILATION_CACHE_DIR, else "
+                      "~/.cache/diffsal_jax/jax_cache), a folder, or '' for "
+                      "off. A second run of the same model skips compiling.")
   flags.mark_flags_as_required(["checkpoint", "out"])
 
 
@@ -304,11 +312,12 @@ def main(argv) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   expected = (video_io.MediaError, vp.CheckpointMismatch, vp.ConfigMissing,
-              train_config.ConfigError, FileNotFoundError)
+              train_config.ConfigError, OSError)
   sources, errors = _sources()
   if not sources:
     sys.exit("error: " + "\nerror: ".join(errors))
   try:
+    compilation_cache.enable(FLAGS.compilation_cache)
     config = vp.load_config(FLAGS.checkpoint, FLAGS.config)
     predictor = vp.Predictor(
         config, FLAGS.checkpoint, prefer=FLAGS.which,
@@ -346,6 +355,7 @@ def main(argv) -> int:
                                         errors + report_notes,
                                         alpha=FLAGS.alpha)
     print(f"report: {index}", file=sys.stderr)
+  logging.info("Compilation cache %s", compilation_cache.describe())
   if errors:   # repeated at the end, where a long run's log ends
     print("failed inputs:\n  " + "\n  ".join(errors), file=sys.stderr)
   return 1 if errors else 0

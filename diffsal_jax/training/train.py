@@ -12,6 +12,7 @@ uninterrupted run. SIGTERM (preemption) saves a checkpoint and exits.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import time
 from typing import Any
@@ -21,6 +22,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from diffsal_jax import compilation_cache
 from diffsal_jax.data import atomic_files
 from diffsal_jax.training import checkpointing
 from diffsal_jax.data import batch as batch_lib
@@ -80,13 +82,15 @@ class _Loop:
   steps_per_epoch: int
   total_steps: int
   best: dict
+  started: float        # time.time() when train_and_evaluate began
 
 
 def _every(value: int, steps_per_epoch: int) -> int:
   return value if value > 0 else steps_per_epoch
 
 
-def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Loop:
+def _setup(config: ml_collections.ConfigDict, workdir: str,
+           started: float) -> _Loop:
   """Model, optimiser, data, checkpoints (resumed if any) and logger."""
   checkpoints = checkpointing.Checkpoints(workdir,
                                           config.max_checkpoints_to_keep)
@@ -120,7 +124,20 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Loop:
   return _Loop(config, workdir, model, state, step_fn,
                validation.make_sampler(model.model_def, config, model.mesh),
                checkpoints, iterator, logger, steps_per_epoch, total_steps,
-               best)
+               best, started)
+
+
+def _log_startup(loop: _Loop, step: int, compile_seconds: float) -> None:
+  """The launch's start-up record (<workdir>/startup.jsonl), written once
+  its first step has run: the figures of tools/benchmarks/startup.py."""
+  cache = compilation_cache.counts()
+  loop.logger.startup({
+      "time": datetime.datetime.now().isoformat(timespec="seconds"),
+      "first_step": step, "resumed": step > 1,
+      "seconds_to_first_step": round(time.time() - loop.started, 3),
+      "train_step_compile_seconds": round(compile_seconds, 3),
+      "compilation_cache": compilation_cache.folder(),
+      "cache_hits": cache["hits"], "cache_writes": cache["writes"]})
 
 
 def _log_train(loop: _Loop, step: int, pending: list, started: float,
@@ -175,15 +192,21 @@ def _train(loop: _Loop, preemption: preemption_lib.Preemption) -> bool:
   try:
     while step < loop.total_steps:
       batch, iterator_state = next(batches)
-      if step_fn is None:
+      first = step_fn is None
+      if first:
         # Compiled ahead of the first step, so that the compiler's freed
         # memory goes back to the OS before the step allocates its buffers.
+        compile_started = time.time()
         step_fn = loop.step_fn.lower(loop.state, batch).compile()
+        compile_seconds = time.time() - compile_started
         ts.release_freed_host_memory()
       loop.state, metrics = step_fn(loop.state, batch)
       loop.iterator.state = iterator_state
       pending.append(metrics)
       step += 1
+      if first:
+        jax.block_until_ready(metrics)
+        _log_startup(loop, step, compile_seconds)
       loop.logger.advance()
       if step % config.log_every_steps == 0 or step == loop.total_steps:
         _log_train(loop, step, pending, started,
@@ -210,13 +233,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   and are also written to `<workdir>/final_metrics.json`. Returns {} when the
   run was preempted (restart it to continue).
   """
+  started = time.time()
   os.makedirs(workdir, exist_ok=True)
   config = modes.prepare_run(config, workdir)
   if jax.process_index() == 0:
     atomic_files.write_json(
         os.path.join(workdir, model_setup.SAVED_CONFIG), config.to_dict(),
         indent=2, sort_keys=True)
-  loop = _setup(config, workdir)
+  loop = _setup(config, workdir, started)
   preemption = preemption_lib.Preemption(loop.checkpoints.reached_preemption)
   try:
     finished = _train(loop, preemption)

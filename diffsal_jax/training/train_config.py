@@ -59,6 +59,10 @@ def base_config(variant: str = "visual") -> ml_collections.ConfigDict:
   c.mesh_data_axis = -1             # -1: all devices
   c.param_sharding = "replicated"   # or "fsdp"
   c.prefetch_to_device = 2
+  # Persistent XLA compilation cache: 'auto' ($JAX_COMPILATION_CACHE_DIR or
+  # ~/.cache/diffsal_jax/jax_cache), a folder, or '' for off
+  # (diffsal_jax/compilation_cache.py).
+  c.compilation_cache = "auto"
   # Logging, evaluation and checkpoints (-1: once per epoch).
   c.log_every_steps = 50
   c.eval_every_steps = -1

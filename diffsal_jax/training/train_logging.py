@@ -19,6 +19,9 @@ import tqdm
 from diffsal_jax.data import atomic_files
 
 METRICS_FILE = "metrics.jsonl"
+# One record per launch of the run (first start and each resume): how long
+# the launch took to reach its first step and what the compile cost.
+STARTUP_FILE = "startup.jsonl"
 
 
 def _truncate_after(path: str, step: int) -> None:
@@ -52,6 +55,7 @@ class TrainLogger:
     self._jsonl = None
     self._tb = None
     self._bar = None
+    self._workdir = workdir
     if not self._enabled:
       return
     path = os.path.join(workdir, METRICS_FILE)
@@ -74,6 +78,13 @@ class TrainLogger:
     self._tb.flush()
     if kind == "train" and "loss" in values:
       self._bar.set_postfix(loss=f"{values['loss']:.4g}", refresh=False)
+
+  def startup(self, record: Mapping[str, object]) -> None:
+    """Appends `record` to <workdir>/startup.jsonl (kept across resumes)."""
+    if not self._enabled:
+      return
+    with open(os.path.join(self._workdir, STARTUP_FILE), "a") as f:
+      f.write(json.dumps(dict(record)) + "\n")
 
   def advance(self, steps: int = 1) -> None:
     if self._enabled:

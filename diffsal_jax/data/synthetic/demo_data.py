@@ -42,6 +42,18 @@ def _write_release(raw_dir: str, s: ml_collections.ConfigDict) -> None:
                    seed=s.seed)
 
 
+# Worker processes pay off from about this many videos: the visual demo's
+# 260 convert in 9 s instead of 15 s on 2 cores, while 5 small ones take
+# 2.6 s instead of 0.4 s (starting the spawned workers).
+_PARALLEL_MIN_VIDEOS = 64
+
+
+def _workers(s: ml_collections.ConfigDict) -> int:
+  videos = (s.train_videos + s.val_videos + 1 if s.layout == "dhf1k" else
+            len(s.av_datasets) * s.videos_per_dataset)
+  return min(4, os.cpu_count() or 1) if videos >= _PARALLEL_MIN_VIDEOS else 1
+
+
 def _build(root: str, config: ml_collections.ConfigDict) -> None:
   s = config.synthetic_data
   os.makedirs(root, exist_ok=True)
@@ -51,8 +63,9 @@ def _build(root: str, config: ml_collections.ConfigDict) -> None:
     height, width = config.model.image_size
     quiet = io.StringIO()
     with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
-      status = convert_release.convert_release(s.layout, raw, shards,
-                                           height=height, width=width)
+      status = convert_release.convert_release(
+          s.layout, raw, shards, height=height, width=width,
+          workers=_workers(s))
     if status != 0:
       raise RuntimeError(f"converting the synthetic data failed:\n"
                          f"{quiet.getvalue()}")
