@@ -183,9 +183,9 @@ def demo_first_step(workdir: str, cache: str) -> dict:
       while True:
         if os.path.exists(record_path):
           with open(record_path) as f:
-            lines = f.read().splitlines()
-          if lines:
-            record = json.loads(lines[0])
+            text = f.read()
+          if "\n" in text:   # the first record, once written whole
+            record = json.loads(text.split("\n", 1)[0])
             break
         with open(log_path, errors="replace") as f:
           if _FIRST_STEP_BAR.search(f.read()):
