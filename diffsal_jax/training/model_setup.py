@@ -58,12 +58,10 @@ ONE_SHOT_CPU_OPTIONS = {"xla_backend_optimization_level": 0,
                         "xla_llvm_disable_expensive_passes": True}
 
 
-def initialised_model(config: ml_collections.ConfigDict) -> Model:
-  """Random variables (config.seed), created sharded, then `init_from`.
-
-  The initialiser compiles with `ONE_SHOT_CPU_OPTIONS` on the CPU backend.
-  """
-  model = abstract_model(config)
+def initialiser(config: ml_collections.ConfigDict, model: Model):
+  """The jitted initialiser: () -> (params, batch_stats), random
+  (config.seed), created in `model`'s shardings. Compile it with
+  `one_shot_compile_options()`."""
   shardings = ts.state_sharding((model.params, model.batch_stats), model.mesh,
                                 config.param_sharding)
 
@@ -71,9 +69,22 @@ def initialised_model(config: ml_collections.ConfigDict) -> Model:
     built = model_lib.build_model(config.model, seed=config.seed)
     return ts.split_model(built, _uses_audio(config))[1:]
 
-  lowered = jax.jit(init, out_shardings=shardings).lower()
-  on_cpu = jax.default_backend() == "cpu"
-  compiled = lowered.compile(ONE_SHOT_CPU_OPTIONS if on_cpu else None)
+  return jax.jit(init, out_shardings=shardings)
+
+
+def one_shot_compile_options() -> dict | None:
+  """`ONE_SHOT_CPU_OPTIONS` on the CPU backend, else None (XLA's own)."""
+  return ONE_SHOT_CPU_OPTIONS if jax.default_backend() == "cpu" else None
+
+
+def initialised_model(config: ml_collections.ConfigDict) -> Model:
+  """Random variables (config.seed), created sharded, then `init_from`.
+
+  The initialiser compiles with `one_shot_compile_options()`.
+  """
+  model = abstract_model(config)
+  compiled = initialiser(config, model).lower().compile(
+      one_shot_compile_options())
   model.params, model.batch_stats = compiled()
   if config.init_from:
     _load_init_from(model, train_config.init_from_paths(config))

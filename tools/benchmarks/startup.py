@@ -70,7 +70,6 @@ def _compile_one_size(size: str, programs: list[str]) -> dict:
   from configs import av_finetune  # pylint: disable=import-outside-toplevel
   from configs import demo  # pylint: disable=import-outside-toplevel
   from diffsal_jax.data import batch as batch_lib  # pylint: disable=import-outside-toplevel
-  from diffsal_jax.models import api as model_lib  # pylint: disable=import-outside-toplevel
   from diffsal_jax.models import diffusion  # pylint: disable=import-outside-toplevel
   from diffsal_jax.training import model_setup  # pylint: disable=import-outside-toplevel
   from diffsal_jax.training import train_state as ts  # pylint: disable=import-outside-toplevel
@@ -108,10 +107,6 @@ def _compile_one_size(size: str, programs: list[str]) -> dict:
             "compile_s": done - lowered_at,
             "stablehlo_lines": lowered.as_text().count("\n")}
 
-  def init():
-    built = model_lib.build_model(m, seed=config.seed)
-    return ts.split_model(built, m.variant == "av")[1:]
-
   results = {"size": size, "variant": m.variant,
              "clip": f"{m.clip_len}x{h}x{w}", "batch": config.batch_size,
              "eval_batch": config.eval_batch_size,
@@ -119,8 +114,8 @@ def _compile_one_size(size: str, programs: list[str]) -> dict:
                        f"cores, {platform.processor() or platform.machine()}"}
   if "init" in programs:
     # As the trainer compiles it (model_setup.initialised_model).
-    results["init"] = timed(jax.jit(init),
-                            options=model_setup.ONE_SHOT_CPU_OPTIONS)
+    results["init"] = timed(model_setup.initialiser(config, model),
+                            options=model_setup.one_shot_compile_options())
   if "train_step" in programs:
     lr_fn = ts.learning_rate_fn(config, steps_per_epoch=1000)
     tx = ts.make_optimizer(config, lr_fn)
