@@ -87,9 +87,24 @@ def trained(tmp_path_factory, name: str, config_file: str = "demo.py",
     results = json.load(f)
   results.pop("split")
   config = demo_config(config_file, argument)
-  config.data.shards = str(workdir / "synthetic_data" / "shards")
+  for override in overrides:
+    _apply(config, override)
+  data = config.synthetic_data.dir or workdir / "synthetic_data"
+  config.data.shards = str(pathlib.Path(data) / "shards")
   config.synthetic_data.enabled = False
   return config, workdir, results
+
+
+def _apply(config: ml_collections.ConfigDict, override: str) -> None:
+  """`--config.a.b=value` as the run's command line set it (scalars)."""
+  key, value = override.removeprefix("--config.").split("=", 1)
+  *parents, leaf = key.split(".")
+  node = config
+  for parent in parents:
+    node = node[parent]
+  old = node[leaf]
+  node[leaf] = (value.lower() == "true" if isinstance(old, bool)
+                else type(old)(value))
 
 
 def trained_demo(tmp_path_factory

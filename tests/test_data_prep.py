@@ -9,12 +9,14 @@ import sys
 
 import numpy as np
 import pytest
+import scipy.io
 import soundfile
 
 from diffsal_jax.data import image_rules
 from diffsal_jax.data import layouts
 from diffsal_jax.data.prep import cli as data_prep_cli
 from diffsal_jax.data import manifest as manifest_lib
+from diffsal_jax.data import release_files
 from tools import reference_loader
 from diffsal_jax.data import shards
 from diffsal_jax.data.synthetic import synth_scene
@@ -227,6 +229,28 @@ def test_synthetic_dhf1k_gaze_follows_the_moving_disc():
   background = np.median(scene.frames[0].reshape(-1, 3), axis=0)
   for frame, (r, c) in zip(scene.frames, peaks):
     assert np.abs(frame[r, c].astype(int) - background).sum() > 60   # on a disc
+
+
+@pytest.mark.parametrize("layout", ["dhf1k", "av"])
+def test_synth_writes_the_same_release_with_worker_processes(tmp_path, layout):
+  """`synth --workers=2` (the demos' data above 64 videos) writes the very
+  files one process writes."""
+  common = ["synth", "--layout", layout, "--frames", "6", "--height", "24",
+            "--width", "40", "--train_videos", "3", "--datasets", "DIEM,AVAD",
+            "--videos_per_dataset", "2"]
+  for workers in (1, 2):
+    result = _run_cli(*common, "--dst", str(tmp_path / str(workers)),
+                      f"--workers={workers}")
+    assert result.returncode == 0, result.stderr
+
+  def content(path):   # a .mat header holds its writing time
+    if path.suffix == ".mat":
+      return scipy.io.loadmat(path)[release_files.FIXATION_VARIABLE].tobytes()
+    return path.read_bytes()
+  files = {w: {p.relative_to(tmp_path / w): content(p)
+               for p in (tmp_path / w).rglob("*") if p.is_file()}
+           for w in ("1", "2")}
+  assert len(files["1"]) > 20 and files["1"] == files["2"]
 
 
 def test_cli_help_explains():

@@ -85,6 +85,9 @@ def _define_synth(values: flags.FlagValues) -> None:
   flags.DEFINE_string("datasets", ",".join(layouts.AV_DATASETS), "AV dataset "
                       "folders to create, comma separated.", **on)
   flags.DEFINE_integer("videos_per_dataset", 3, "AV videos per dataset.", **on)
+  flags.DEFINE_integer("workers", 1, "Processes writing videos side by side "
+                       "(the release is the same for any count; worth it "
+                       "from about 64 videos).", lower_bound=1, **on)
   flags.mark_flags_as_required(["layout", "dst"], flag_values=values)
 
 

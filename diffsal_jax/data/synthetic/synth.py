@@ -4,6 +4,7 @@ layouts `convert` reads (see `layouts.py`), scenes from `synth_scene.py`."""
 from __future__ import annotations
 
 import fractions
+import multiprocessing
 import pathlib
 
 import av
@@ -66,11 +67,34 @@ def dhf1k_numbers(train: int, val: int, test: int) -> list[int]:
           + [701 + i for i in range(test)])
 
 
-def write_dhf1k(root, spec, numbers, fmt="video", codec="mjpeg", seed=0) -> None:
+def _each(function, jobs: list[tuple], workers: int) -> None:
+  """function(*job) for every job, in `workers` spawned processes when > 1.
+
+  Scenes are drawn from per-video generators, so the release is the same
+  for any worker count (tests/test_data_prep.py). With 2 workers on 2 cores
+  the audio-visual demo's 768 videos (20 frames each) were written and
+  converted in 43 s instead of about 60 s (the runs' logs).
+  """
+  if workers <= 1 or len(jobs) <= 1:
+    for job in jobs:
+      function(*job)
+    return
+  # spawn: no fork of a process that may hold threads (grain, PyAV).
+  with multiprocessing.get_context("spawn").Pool(workers) as pool:
+    pool.starmap(function, jobs, chunksize=max(1, len(jobs) // (4 * workers)))
+
+
+def _write_dhf1k_number(root, spec, number, fmt, codec, seed) -> None:
+  rng = np.random.default_rng([seed, number])
+  _write_dhf1k_video(root, number, synth_scene.visual_scene(rng, spec), fmt,
+                     spec.fps, codec)
+
+
+def write_dhf1k(root, spec, numbers, fmt="video", codec="mjpeg", seed=0,
+                workers=1) -> None:
   root = pathlib.Path(root)
-  for number in numbers:
-    rng = np.random.default_rng([seed, number])
-    _write_dhf1k_video(root, number, synth_scene.visual_scene(rng, spec), fmt, spec.fps, codec)
+  _each(_write_dhf1k_number,
+        [(root, spec, number, fmt, codec, seed) for number in numbers], workers)
 
 
 def _write_av_video(root, dataset, name, scene, spec) -> None:
@@ -115,12 +139,20 @@ def av_scene(spec, seed: int, dataset_index: int, video: int) -> synth_scene.Sce
   return synth_scene.audio_visual_scene(rng, spec)
 
 
-def write_av(root, spec, datasets=layouts.AV_DATASETS, videos_per_dataset=3, seed=0) -> None:
+def _write_av_number(root, spec, datasets, d, i, seed) -> None:
+  _write_av_video(root, datasets[d], av_video_name(i),
+                  av_scene(spec, seed, d, i), spec)
+
+
+def write_av(root, spec, datasets=layouts.AV_DATASETS, videos_per_dataset=3,
+             seed=0, workers=1) -> None:
   root = pathlib.Path(root)
-  for d, dataset in enumerate(datasets):
-    names = [av_video_name(i) for i in range(videos_per_dataset)]
-    for i, name in enumerate(names):
-      _write_av_video(root, dataset, name, av_scene(spec, seed, d, i), spec)
+  _each(_write_av_number,
+        [(root, spec, tuple(datasets), d, i, seed)
+         for d in range(len(datasets)) for i in range(videos_per_dataset)],
+        workers)
+  names = [av_video_name(i) for i in range(videos_per_dataset)]
+  for dataset in datasets:
     _write_fold_lists(root, dataset, names, spec)
 
 
@@ -130,14 +162,15 @@ def run(args) -> int:
   dst = pathlib.Path(args.dst)
   if args.layout == "dhf1k":
     numbers = dhf1k_numbers(args.train_videos, args.val_videos, args.test_videos)
-    write_dhf1k(dst, spec, numbers, args.dhf1k_format, args.avi_codec, args.seed)
+    write_dhf1k(dst, spec, numbers, args.dhf1k_format, args.avi_codec, args.seed,
+                args.workers)
     count = len(numbers)
   else:
     datasets = tuple(d for d in args.datasets.split(",") if d)
     unknown = set(datasets) - set(layouts.AV_DATASETS)
     if unknown:
       raise SystemExit(f"--datasets: unknown {sorted(unknown)}; choose from {layouts.AV_DATASETS}")
-    write_av(dst, spec, datasets, args.videos_per_dataset, args.seed)
+    write_av(dst, spec, datasets, args.videos_per_dataset, args.seed, args.workers)
     count = len(datasets) * args.videos_per_dataset
   print(f"wrote {count} synthetic {args.layout} videos of {spec.num_frames} frames "
         f"({spec.height}x{spec.width}) to {dst}")
