@@ -96,15 +96,24 @@ def trained(tmp_path_factory, name: str, config_file: str = "demo.py",
 
 
 def _apply(config: ml_collections.ConfigDict, override: str) -> None:
-  """`--config.a.b=value` as the run's command line set it (scalars)."""
+  """`--config.a.b=value` as the run's command line set it; other flags
+  leave the config alone. Only str, int, float and bool fields: anything
+  else raises rather than guess."""
+  if not override.startswith("--config."):
+    return
   key, value = override.removeprefix("--config.").split("=", 1)
   *parents, leaf = key.split(".")
   node = config
   for parent in parents:
     node = node[parent]
   old = node[leaf]
-  node[leaf] = (value.lower() == "true" if isinstance(old, bool)
-                else type(old)(value))
+  if isinstance(old, bool):
+    node[leaf] = value.lower() == "true"
+  elif isinstance(old, (str, int, float)):
+    node[leaf] = type(old)(value)
+  else:
+    raise TypeError(f"{override}: tests/demo_run.py applies only scalar "
+                    f"fields, not {type(old).__name__}")
 
 
 def trained_demo(tmp_path_factory

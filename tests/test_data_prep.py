@@ -233,8 +233,8 @@ def test_synthetic_dhf1k_gaze_follows_the_moving_disc():
 
 @pytest.mark.parametrize("layout", ["dhf1k", "av"])
 def test_synth_writes_the_same_release_with_worker_processes(tmp_path, layout):
-  """`synth --workers=2` (the demos' data above 64 videos) writes the very
-  files one process writes."""
+  """`synth --workers=2` (what the demos use from 64 videos on) writes the
+  very files one process writes."""
   common = ["synth", "--layout", layout, "--frames", "6", "--height", "24",
             "--width", "40", "--train_videos", "3", "--datasets", "DIEM,AVAD",
             "--videos_per_dataset", "2"]

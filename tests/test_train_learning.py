@@ -67,7 +67,8 @@ def _assert_learned(config, results) -> None:
 
 
 def test_demo_reaches_cc_08_and_beats_centre_bias(visual_run):
-  _assert_learned(*visual_run[::2])
+  config, _, results = visual_run
+  _assert_learned(config, results)
 
 
 def test_demo_in_bfloat16_reaches_cc_08_and_beats_centre_bias(
@@ -201,7 +202,7 @@ LONG_TESTS = os.environ.get("DIFFSAL_LONG_TESTS") == "1"
 
 
 @pytest.mark.skipif(not LONG_TESTS, reason="a second 1500-step training "
-                    "(3 min alone); set DIFFSAL_LONG_TESTS=1")
+                    "(the visual variant); set DIFFSAL_LONG_TESTS=1")
 def test_audio_visual_model_beats_visual_model_on_av_data(av_run,
                                                           tmp_path_factory):
   """The visual model, trained alike on the same data, can only spread its

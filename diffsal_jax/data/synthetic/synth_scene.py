@@ -113,11 +113,12 @@ def _contrasting_colour(rng, background: np.ndarray) -> np.ndarray:
 
 # The visual scene's sizes, as fractions of the frame's shorter side. With
 # the smaller discs, slower motion, random disc colours (some close to the
-# background) and narrower maps used before (1/10, 1/25, 1/16), the demo
-# model found the video only after a long plateau whose end float rounding
-# decided: val CC 0.88 / 0.62 for seeds 0 / 1, and 0.35 in bfloat16. With
-# these, seeds 0-2 reach 0.86-0.93 in 600 steps in float32 and in bfloat16
-# (docs/training.md, "The demos and what they learn").
+# background) and narrower maps used before (radius 1/10, speed 1/25, map
+# sigma 1/16), the demo model found the video only after a long plateau
+# whose end float rounding decided: val CC 0.88 / 0.62 for seeds 0 / 1, and
+# 0.35 in bfloat16. With these, seeds 0-2 reach 0.86-0.93 in 600 steps in
+# float32 and in bfloat16 (docs/training.md, "The demos and what they
+# learn").
 VISUAL_RADIUS = 1 / 8     # 4 px at the demo's 32x64
 VISUAL_SPEED = 1 / 16     # 2 px a frame: 6 px over a 4-frame clip
 VISUAL_MAP_SIGMA = 1 / 10
@@ -170,7 +171,7 @@ def speech_audio(rng, speakers: np.ndarray, fps: float, sample_rate: int) -> np.
 def audio_visual_scene(rng: np.random.Generator, spec: SceneSpec) -> Scene:
   shape = (spec.height, spec.width)
   # Larger discs than the visual scene's: at the demo's 32x64 a disc of
-  # radius 3 px was too little colour for the tiny model to tie to the tone
+  # radius 3 px (the visual scene's 1/10 then) was too little colour for the tiny model to tie to the tone
   # for some seeds (measured: seed 2 stayed at val CC 0.66 after 1500 steps,
   # 0.89 with radius 5 px).
   radius = min(shape) / 6
