@@ -20,8 +20,12 @@ The setting (`config.compilation_cache`, `predict --compilation_cache`):
 
 Several processes may share the folder: with a size limit JAX takes a file
 lock around each read and write (`jax/_src/lru_cache.py`), and in a
-multi-process run only process 0 writes entries (`jax/_src/compiler.py`);
-the other processes read them where the folder is shared.
+multi-process run only process 0 writes entries (`jax/_src/compiler.py`).
+On GPUs the other processes read them where the folder is shared (JAX
+strips the device assignment from the key there, `jax/_src/cache_key.py`).
+On CPUs it does not: each process's keys differ, and processes other than
+0 compile every program (measured with two CPU processes sharing one
+folder; docs/training.md).
 """
 
 from __future__ import annotations

@@ -275,3 +275,28 @@ def test_bfloat16_strided_depthwise_kernel_gradient_sums_in_float32():
   want, got = kernel_grad(jnp.float32), kernel_grad(jnp.bfloat16)
   assert want.min() > 1
   np.testing.assert_allclose(got, want, rtol=0.01)
+
+
+def test_recompute_in_backward_holds_one_copy_of_the_gradient():
+  """The recomputation's conditional has the gradient in one branch only
+  (the other fills NaN), so XLA compiles each MViT block's backward once,
+  not twice; the gradients equal plain autodiff's and a NaN incoming
+  gradient still gives NaN gradients."""
+  def block(params, x):
+    return jnp.sin(x @ params["w"])
+
+  recomputed = xla_cpu_ops.recompute_in_backward(block)
+
+  def loss(f, scale):
+    return lambda p, v: jnp.sum(f(p, v)) * scale
+
+  params = {"w": jnp.eye(3) * 0.5 + 0.1}
+  x = jnp.arange(6.0).reshape(2, 3) / 6
+  grad = jax.grad(loss(recomputed, 1.0), argnums=(0, 1))
+  # The forward computes no cosine; the backward's one branch does.
+  assert jax.jit(grad).lower(params, x).as_text().count("stablehlo.cosine") == 1
+  want = jax.grad(loss(block, 1.0), argnums=(0, 1))(params, x)
+  for a, b in zip(jax.tree.leaves(grad(params, x)), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+  nan_grads = jax.grad(loss(recomputed, jnp.nan), argnums=(0, 1))(params, x)
+  assert all(np.isnan(np.asarray(g)).all() for g in jax.tree.leaves(nan_grads))

@@ -8,6 +8,7 @@ import os
 import pathlib
 
 import numpy as np
+import PIL.Image
 import pytest
 
 from diffsal_jax.data.synthetic import synth
@@ -143,6 +144,16 @@ def test_evaluate_and_predict_modes(visual_run, tmp_path):
                                     "val")
   assert len(pngs) == len(table)
   assert {p.parent.name for p in pngs} == {"0601", "0602", "0603", "0604"}
+  # The run's report scored the maps its final evaluation wrote (no second
+  # sampling pass): the maps a separate prediction of the split gives, up to
+  # the rounding of the other compile flags here (one 8-bit level).
+  written = pathlib.Path(workdir) / run_report.REPORT_DIR / "predictions"
+  assert (sorted(p.relative_to(written) for p in written.rglob("*.png")) ==
+          [p.relative_to(out) for p in pngs])
+  for png in pngs:
+    a = np.asarray(PIL.Image.open(png), np.int16)
+    b = np.asarray(PIL.Image.open(written / png.relative_to(out)), np.int16)
+    assert np.abs(a - b).max() <= 1, png
 
 
 def _audio_blind_cc(config, split: str) -> tuple[float, float]:

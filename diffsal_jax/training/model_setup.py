@@ -121,11 +121,14 @@ def load_for_eval(model: Model, config: ml_collections.ConfigDict,
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str,
                         split: str, *, model: Model | None = None,
-                        sampler: Any = None) -> dict[str, float]:
-  """CC, NSS, SIM, KLD, AUC-J and sAUC of one checkpoint on `split`."""
+                        sampler: Any = None,
+                        out_dir: str | None = None) -> dict[str, float]:
+  """CC, NSS, SIM, KLD, AUC-J and sAUC of one checkpoint on `split`; with
+  `out_dir`, its maps are written there too (`validation.evaluate_split`)."""
   model = model or abstract_model(config)
   sampler = sampler or validation.make_sampler(model.model_def, config,
                                                model.mesh)
   params, batch_stats = load_for_eval(model, config, checkpoint)
   return validation.evaluate_split(params, batch_stats, sampler, config,
-                                   model.mesh, split, with_auc=True)
+                                   model.mesh, split, with_auc=True,
+                                   out_dir=out_dir)

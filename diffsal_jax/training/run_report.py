@@ -111,26 +111,38 @@ def training_sections(workdir: str, checkpoint: str) -> list[str]:
   return sections
 
 
+def clear_predictions(report_dir: str) -> str:
+  """Empties `report_dir/predictions` (maps of an earlier report would be
+  scored too) and returns it; every process calls it."""
+  pred_dir = pathlib.Path(report_dir) / "predictions"
+  if jax.process_index() == 0 and pred_dir.exists():
+    shutil.rmtree(pred_dir)
+  multihost_utils.sync_global_devices("run_report cleared")
+  return str(pred_dir)
+
+
 def write_run_report(config: ml_collections.ConfigDict, workdir: str,
                      split: str, checkpoint: str, report_dir: str, *,
                      model: model_setup.Model | None = None,
-                     sampler=None, progress: bool = True) -> pathlib.Path | None:
+                     sampler=None, progress: bool = True,
+                     predicted: bool = False) -> pathlib.Path | None:
   """Predicts `split` with `checkpoint`, scores it and writes the report
   under `report_dir`; returns its index.html (None on processes other than
   0, which only take part in the prediction). `config.data.shards` must be
   the converted data (it holds the ground truth). Costs one more sampling
-  pass over the split and the evaluation command's scoring (all seven
+  pass over the split, unless `predicted` (the caller wrote the maps into
+  `clear_predictions(report_dir)`, as the end of training does with its
+  final evaluation), and the evaluation command's scoring (all seven
   metrics, every predicted frame, at the ground truth's resolution)."""
-  model = model or model_setup.abstract_model(config)
-  sampler = sampler or validation.make_sampler(model.model_def, config,
-                                               model.mesh)
-  params, batch_stats = model_setup.load_for_eval(model, config, checkpoint)
   pred_dir = pathlib.Path(report_dir) / "predictions"
-  if jax.process_index() == 0 and pred_dir.exists():
-    shutil.rmtree(pred_dir)   # maps of an earlier report would be scored too
-  multihost_utils.sync_global_devices("run_report cleared")
-  validation.predict_split(params, batch_stats, sampler, config, model.mesh,
-                           split, str(pred_dir), progress=progress)
+  if not predicted:
+    model = model or model_setup.abstract_model(config)
+    sampler = sampler or validation.make_sampler(model.model_def, config,
+                                                 model.mesh)
+    params, batch_stats = model_setup.load_for_eval(model, config, checkpoint)
+    clear_predictions(report_dir)
+    validation.predict_split(params, batch_stats, sampler, config, model.mesh,
+                             split, str(pred_dir), progress=progress)
   # Every process has written its rows before process 0 reads them (a
   # workdir on a file system all hosts share).
   multihost_utils.sync_global_devices("run_report predictions")

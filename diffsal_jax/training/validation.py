@@ -165,8 +165,13 @@ class _AucFrames:
 def evaluate_split(params, batch_stats, sampler: Callable,
                    config: ml_collections.ConfigDict, mesh: Mesh, split: str, *,
                    with_auc: bool = False, max_batches: int = -1,
-                   progress: bool = True) -> dict[str, float]:
-  """Samples and scores `split`; the sampling key is fixed by config.seed."""
+                   progress: bool = True,
+                   out_dir: str | None = None) -> dict[str, float]:
+  """Samples and scores `split`; the sampling key is fixed by config.seed.
+
+  With `out_dir`, also writes the maps as `predict_split` does (the same
+  maps: same batches and keys), so a report needs no second sampling pass.
+  """
   manifest = input_pipeline.validate(config, jax.process_count())
   names = list(DEVICE_METRICS) + (["auc_judd", "sauc"] if with_auc else [])
   sums = _VideoSums.create(names, len(manifest.videos))
@@ -182,6 +187,8 @@ def evaluate_split(params, batch_stats, sampler: Callable,
     batch = next(batches)
     inputs = {k: _global(batch[k], mesh) for k in batch_lib.MODEL_KEYS if k in batch}
     maps = sampler(params, batch_stats, inputs, jax.random.fold_in(key, i))
+    if out_dir is not None:
+      _save_maps(manifest, batch, local_rows(maps), out_dir)
     truth = {k: _global(batch[k], mesh) for k in ("map", "fixations")}
     scores = score_batch(maps, truth)
     valid = batch["valid"]
@@ -217,10 +224,18 @@ def predict_split(params, batch_stats, sampler: Callable,
     inputs = {k: _global(batch[k], mesh) for k in batch_lib.MODEL_KEYS if k in batch}
     maps = local_rows(sampler(params, batch_stats, inputs,
                               jax.random.fold_in(key, i)))
-    for m, video, frame, valid in zip(maps, batch["video"], batch["frame"],
-                                      batch["valid"]):
-      if valid:
-        dataset, folder = prediction_folder(manifest.videos[int(video)])
-        predictions.save_prediction(out_dir, dataset, folder, int(frame), m)
-        written += 1
+    written += _save_maps(manifest, batch, maps, out_dir)
+  return written
+
+
+def _save_maps(manifest, batch: dict[str, np.ndarray], maps: np.ndarray,
+               out_dir: str) -> int:
+  """Writes this process's valid rows of `maps`; returns how many."""
+  written = 0
+  for m, video, frame, valid in zip(maps, batch["video"], batch["frame"],
+                                    batch["valid"]):
+    if valid:
+      dataset, folder = prediction_folder(manifest.videos[int(video)])
+      predictions.save_prediction(out_dir, dataset, folder, int(frame), m)
+      written += 1
   return written
