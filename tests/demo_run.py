@@ -116,6 +116,32 @@ def _apply(config: ml_collections.ConfigDict, override: str) -> None:
                     f"fields, not {type(old).__name__}")
 
 
+def _flatten(config, prefix: str = "") -> dict:
+  flat = {}
+  for key, value in config.items():
+    if hasattr(value, "items"):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[prefix + key] = value
+  return flat
+
+
+def model_flags(base: ml_collections.ConfigDict,
+                target: ml_collections.ConfigDict) -> list[str]:
+  """`--config.model.*` flags turning model config `base` into `target`."""
+  base, target = _flatten(base), _flatten(target)
+  return [f"--config.model.{key}={value!r}".replace(" ", "")
+          for key, value in sorted(target.items()) if base[key] != value]
+
+
+def check_model_flags() -> list[str]:
+  """Flags turning configs/demo.py's model into demo.check_model_config's
+  (the trainer tests that assert exactness, not learning)."""
+  from configs import demo
+  return model_flags(demo.demo_model_config("visual"),
+                     demo.check_model_config("visual"))
+
+
 def trained_demo(tmp_path_factory
                  ) -> tuple[ml_collections.ConfigDict, pathlib.Path, dict]:
   """The visual demo (configs/demo.py) as the README runs it."""

@@ -14,10 +14,11 @@ repository root, after these substitutions:
     /data/DHF1K and /data/stavis, the pre-training run is the fine-tuning's
     `init_from`, the fine-tuned fold is what `--mode=predict` reads;
   * published .pth files become small .npz stand-ins with the published key
-    names, written for the demo-size model (the converter reads both); the
+    names, written for the model below (the converter reads both); the
     published code's checkout becomes tests/published_standin.py's;
-  * training, evaluation and benchmark commands get the demo model
-    (configs/demo.py) through `--config.model.*` overrides, 2 steps and
+  * training, evaluation and benchmark commands get the demo's check model
+    (configs/demo.py: check_model_config) through `--config.model.*`
+    overrides (tiny_model_config below), 2 steps and
     small batches; data commands get 32x64 frames and 2 workers.
 The README's demo command is not run a second time: tests/demo_run.py runs
 it as written (but the workdir) for the learning tests, and the predict
@@ -309,26 +310,22 @@ COMMANDS: dict[str, Run] = {
 
 # ------------------------------------------------------------ the runner --
 
-def _flatten(config, prefix=""):
-  flat = {}
-  for key, value in config.items():
-    if hasattr(value, "items"):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[prefix + key] = value
-  return flat
+def tiny_model_config(variant: str):
+  """The model the documented commands run here: the demo's check model
+  (configs/demo.py: check_model_config; a third of the demo model's compile)
+  without recomputation (less to compile; a model this small needs none)."""
+  from configs import demo
+  tiny = demo.check_model_config(variant)
+  tiny.mvit.remat = False
+  return tiny
 
 
 def tiny_model_overrides(variant: str) -> str:
-  """`--config.model.*` flags turning a published config into the demo model."""
-  from configs import demo
+  """`--config.model.*` flags turning a published config into
+  tiny_model_config."""
   from diffsal_jax.models import config as model_config
-  published = _flatten(model_config.published_model_config(variant))
-  tiny = _flatten(demo.demo_model_config(variant))
-  tiny["mvit.remat"] = False  # less to compile; the demo model needs no remat
-  return " ".join(shlex.quote(f"--config.model.{key}={value!r}".replace(" ", ""))
-                  for key, value in sorted(tiny.items())
-                  if published[key] != value)
+  return " ".join(shlex.quote(flag) for flag in demo_run.model_flags(
+      model_config.published_model_config(variant), tiny_model_config(variant)))
 
 
 _PLACEHOLDER = re.compile(r"(?<=[\s=,])(/tmp/|/data/|runs/|weights/|out/)")
@@ -365,15 +362,14 @@ def _env(session: pathlib.Path) -> dict[str, str]:
 
 
 def _write_standins(folder: pathlib.Path) -> None:
-  """Torch-named state dicts of the demo-size model, as .npz (no torch)."""
+  """Torch-named state dicts of tiny_model_config, as .npz (no torch)."""
   import numpy as np
   from flax import traverse_util
-  from configs import demo
   from diffsal_jax.models import api as model_lib
   from diffsal_jax.models import torch_weights
 
   def state_dict(variant):
-    _, abstract = model_lib.abstract_variables(demo.demo_model_config(variant))
+    _, abstract = model_lib.abstract_variables(tiny_model_config(variant))
     rng = np.random.default_rng(0)
     state = {}
     for collection in abstract:

@@ -24,6 +24,7 @@ from diffsal_jax.training import checkpointing
 from diffsal_jax.training import preemption as preemption_lib
 from diffsal_jax.training import train
 from diffsal_jax.training import train_logging
+from tests import demo_run
 from tests.conftest import REPO
 from tools import multiprocess_check
 
@@ -68,10 +69,12 @@ SIGNAL_AFTER_STEP = 3
 
 
 def _trainer_overrides(data_dir) -> list[str]:
-  """configs/demo.py shrunk to a short two-process run; validation and the
-  periodic checkpoint only at the last step, so the preemption save is the
-  only checkpoint before it."""
-  return [f"--config.synthetic_data.dir={data_dir}",
+  """configs/demo.py shrunk to a short two-process run of the check model
+  (configs/demo.py: check_model_config); validation and the periodic
+  checkpoint only at the last step, so the preemption save is the only
+  checkpoint before it."""
+  return [*demo_run.check_model_flags(),
+          f"--config.synthetic_data.dir={data_dir}",
           "--config.synthetic_data.train_videos=4",
           "--config.synthetic_data.val_videos=1",
           "--config.synthetic_data.frames_per_video=16",

@@ -209,18 +209,15 @@ def test_audio_visual_demo_beats_the_best_map_without_sound(av_run):
   assert results["cc"] > blind + 0.05
 
 
-LONG_TESTS = os.environ.get("DIFFSAL_LONG_TESTS") == "1"
-
-
-@pytest.mark.skipif(not LONG_TESTS, reason="a second 1500-step training "
-                    "(the visual variant); set DIFFSAL_LONG_TESTS=1")
 def test_audio_visual_model_beats_visual_model_on_av_data(av_run,
                                                           tmp_path_factory):
   """The visual model, trained alike on the same data, can only spread its
-  map over both discs."""
+  map over both discs (measured: visual 0.585, audio-visual 0.858)."""
   _, av_workdir, av = av_run
   _, _, visual = demo_run.trained(
       tmp_path_factory, "demo_av_visual_run", "demo_av.py", "variant=visual",
-      (f"--config.synthetic_data.dir={av_workdir / 'synthetic_data'}",))
+      (f"--config.synthetic_data.dir={av_workdir / 'synthetic_data'}",
+       # The HTML report is the audio-visual run's to check.
+       "--config.final_report=false"))
   print(f"held-out CC: audio-visual {av['cc']:.3f}, visual {visual['cc']:.3f}")
   assert av["cc"] > visual["cc"] + 0.15

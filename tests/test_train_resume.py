@@ -3,7 +3,8 @@ so does one whose latest checkpoint was damaged on disk (it resumes from the
 previous one).
 
 Runs the real command line (`python -m diffsal_jax.main`) on the demo config
-with a short schedule. The runs share the session's JAX compilation cache,
+with the check model (configs/demo.py: check_model_config) and a short
+schedule. The runs share the session's JAX compilation cache,
 so only the first one compiles.
 """
 
@@ -27,6 +28,7 @@ from jax.sharding import Mesh
 from diffsal_jax.training import checkpointing
 from diffsal_jax.training import train_logging
 from diffsal_jax.training import train_state as ts
+from tests import demo_run
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 12
@@ -51,7 +53,8 @@ def run_env(tmp_path_factory):
 
 def _command(workdir, data_dir):
   return [sys.executable, "-m", "diffsal_jax.main", "--config=configs/demo.py",
-          f"--workdir={workdir}", f"--config.synthetic_data.dir={data_dir}",
+          f"--workdir={workdir}", *demo_run.check_model_flags(),
+          f"--config.synthetic_data.dir={data_dir}",
           "--config.synthetic_data.train_videos=4",
           "--config.synthetic_data.val_videos=1",
           f"--config.num_train_steps={STEPS}",

@@ -8,7 +8,9 @@ Starts `--processes` CPU worker processes that join one JAX cluster through
 `jax.distributed.initialize` (coordinator on 127.0.0.1, gloo collectives),
 each reading only its own `input_pipeline.create_train_dataset` shard, and a
 reference process that holds the same number of devices alone. They train
-the tiny demo model (configs/demo.py) for a few steps on a small synthetic
+the demo's check model (configs/demo.py: check_model_config, the demo model
+cut to two stages: a third of the compile; with --param_sharding=fsdp the
+demo model, whose larger weights FSDP splits) for a few steps on a small synthetic
 set, exactly as the trainer does (same state set-up, same jitted step).
 
 The workers' global batch at each step is their local batches stacked in
@@ -58,6 +60,9 @@ def free_port() -> int:
 def check_config(args: argparse.Namespace):
   """The demo config, shrunk to a few small steps on a 4-video synthetic set."""
   c = demo.get_config()
+  if args.param_sharding == "replicated":
+    # The check model has no weight of the 2**14 values FSDP splits.
+    c.model = demo.check_model_config("visual")
   c.batch_size = args.batch_size
   c.num_train_steps = args.steps
   c.param_sharding = args.param_sharding
