@@ -44,7 +44,7 @@ def check_model_config(variant: str = "visual") -> ml_collections.ConfigDict:
   """demo_model_config cut to two MViT blocks (one downscale) and a two-level
   Saliency-UNet, for checks of the training machinery that assert exactness,
   not learning (tools/multiprocess_check.py; the resume and preemption
-  tests).
+  tests; the documented commands' runs in tests/test_docs_commands.py).
 
   Every layer kind of the demo model is still in it (pooled and unpooled
   MViT blocks, relative positions, U-Net attention with a strided key grid,
