@@ -40,25 +40,31 @@ def demo_model_config(variant: str = "visual") -> ml_collections.ConfigDict:
   return c
 
 
-def check_model_config(variant: str = "visual") -> ml_collections.ConfigDict:
-  """demo_model_config cut to two MViT blocks (one downscale) and a two-level
-  Saliency-UNet, for checks of the training machinery that assert exactness,
-  not learning (tools/multiprocess_check.py; the resume and preemption
-  tests; the documented commands' runs in tests/test_docs_commands.py).
-
-  Every layer kind of the demo model is still in it (pooled and unpooled
-  MViT blocks, relative positions, U-Net attention with a strided key grid,
-  the audio branch and fusion). Its train step compiles in 8.1 s (visual) and
-  8.5 s (av) against the demo model's 26.5 s and 21.4 s, at the test
-  session's compile flags (tests/conftest.py; 2-core AMD EPYC, 2026-12-07):
-  XLA:CPU's compile time grows faster than the model's depth.
-  """
-  c = demo_model_config(variant)
+def two_stage_model(model: ml_collections.ConfigDict
+                    ) -> ml_collections.ConfigDict:
+  """A copy of `model` cut to two MViT blocks (one downscale) and the two
+  Saliency-UNet levels that match them (the last two widths, the first two
+  key strides). Every layer kind is still in it (pooled and unpooled MViT
+  blocks, relative positions, U-Net attention with a strided key grid, the
+  audio branch and fusion); XLA:CPU's compile time grows faster than the
+  model's depth, so it compiles in about a third of the time."""
+  c = model.copy_and_resolve_references()
   c.mvit.depth = 2
   c.mvit.downscale_blocks = (1,)
-  c.unet.widths = (16, 8)     # the two MViT stage widths, deepest first
-  c.unet.kv_strides = (1, 2)
+  c.unet.widths = tuple(model.unet.widths[-2:])
+  c.unet.kv_strides = tuple(model.unet.kv_strides[:2])
   return c
+
+
+def check_model_config(variant: str = "visual") -> ml_collections.ConfigDict:
+  """two_stage_model(demo_model_config), for checks of the training
+  machinery that assert exactness, not learning (tools/multiprocess_check.py;
+  the resume and preemption tests; the documented commands' runs in
+  tests/test_docs_commands.py). Its train step compiles in 8.1 s (visual)
+  and 8.5 s (av) against the demo model's 26.5 s and 21.4 s, at the test
+  session's compile flags (tests/conftest.py; 2-core AMD EPYC, 2026-12-07).
+  """
+  return two_stage_model(demo_model_config(variant))
 
 
 def get_config():

@@ -126,12 +126,19 @@ def _flatten(config, prefix: str = "") -> dict:
   return flat
 
 
+def changed_fields(base: ml_collections.ConfigDict,
+                   target: ml_collections.ConfigDict) -> list[tuple[str, object]]:
+  """(dotted key, value) of the fields where `target` differs from `base`."""
+  base, target = _flatten(base), _flatten(target)
+  return [(key, value) for key, value in sorted(target.items())
+          if base[key] != value]
+
+
 def model_flags(base: ml_collections.ConfigDict,
                 target: ml_collections.ConfigDict) -> list[str]:
   """`--config.model.*` flags turning model config `base` into `target`."""
-  base, target = _flatten(base), _flatten(target)
   return [f"--config.model.{key}={value!r}".replace(" ", "")
-          for key, value in sorted(target.items()) if base[key] != value]
+          for key, value in changed_fields(base, target)]
 
 
 def check_model_flags() -> list[str]:

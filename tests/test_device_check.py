@@ -14,13 +14,24 @@ sys.path.insert(0, str(REPO / "tools"))
 
 import device_check  # noqa: E402
 import published_reference  # noqa: E402
+from configs import demo  # noqa: E402
+from diffsal_jax.models import config as model_config  # noqa: E402
+from tests import demo_run  # noqa: E402
 from tools.multiprocess_check import FAST_COMPILE_FLAGS  # noqa: E402
 
-# Cuts the tiny model to two stages (as configs/demo.py's check_model_config
-# cuts the demo model), so the dry run compiles in well under a minute.
-SMALL = ["--model_override=mvit.depth=2", "--model_override=mvit.downscale_blocks=[1]",
-         "--model_override=unet.widths=[32,16]", "--model_override=unet.kv_strides=[1,2]",
-         "--model_override=mvit.remat=false"]
+
+def _small_overrides() -> list[str]:
+  """--model_override flags cutting the tiny model to two stages without
+  recomputation (configs/demo.py: two_stage_model), so the dry run compiles
+  in well under a minute."""
+  tiny = model_config.tiny_model_config("av")
+  small = demo.two_stage_model(tiny)
+  small.mvit.remat = False
+  return [f"--model_override={key}={json.dumps(value)}"
+          for key, value in demo_run.changed_fields(tiny, small)]
+
+
+SMALL = _small_overrides()
 
 
 def test_budget_exhausted_skips_every_section_by_name(tmp_path):
