@@ -1,5 +1,6 @@
 """The two op paths (models/op_paths.py) compute the same function: the
-demo-size model's output and every parameter gradient, float32, XLA:CPU
+demo model's output and every parameter gradient (the model cut to two stages,
+configs/demo.py: check_model_config; every layer kind is in it), float32, XLA:CPU
 forms against native ones, on the same parameters. Parity of the native path
 with the published model: tests/test_parity.py."""
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs.demo import demo_model_config
+from configs.demo import check_model_config
 from diffsal_jax.models import api as model_lib
 from diffsal_jax.models import layers
 from diffsal_jax.models import op_paths
@@ -26,15 +27,15 @@ def test_auto_takes_the_backends_path_and_unknown_names_fail():
   assert op_paths.resolve("native") == "native"
   with pytest.raises(ValueError, match="model.ops must be one of"):
     op_paths.resolve("gpu")
-  cfg = demo_model_config("visual")
+  cfg = check_model_config("visual")
   cfg.ops = "cuda"
   with pytest.raises(ValueError, match="model.ops"):
     model_lib.build_model(cfg)
 
 
 def _loss_and_grads(variant, path):
-  """(output, grads, lowered train-step text) of the demo model on `path`."""
-  cfg = demo_model_config(variant)
+  """(output, grads, lowered train-step text) of the check model on `path`."""
+  cfg = check_model_config(variant)
   cfg.ops = path
   graphdef, variables = model_lib.split(model_lib.build_model(cfg, seed=0))
   img, x_t, t, audio = (None if a is None else jnp.asarray(a) for a in _inputs(cfg))
@@ -87,7 +88,7 @@ def test_exact_gelu_and_its_gradient_on_both_paths(path):
 
 
 def test_use_sets_every_module_and_leaves_parameters_alone():
-  model = model_lib.build_model(demo_model_config("av"), seed=0)
+  model = model_lib.build_model(check_model_config("av"), seed=0)
   before = model_lib.split(model)[1]
   op_paths.use(model, "native")
   paths = {m.op_path for _, m in nnx.iter_modules(model) if hasattr(m, "op_path")}

@@ -73,8 +73,9 @@ class _Loop:
   config: ml_collections.ConfigDict
   workdir: str
   model: model_setup.Model
-  state: ts.TrainState
-  step_fn: Any
+  leaves: list          # the TrainState's leaves, as the step takes them
+  treedef: Any          # ... and their structure
+  step_fn: Any          # (leaves, batch) -> (leaves, metrics), jitted
   sampler: Any
   checkpoints: checkpointing.Checkpoints
   iterator: checkpointing.IteratorState
@@ -83,6 +84,12 @@ class _Loop:
   total_steps: int
   best: dict
   started: float        # time.time() when train_and_evaluate began
+
+  @property
+  def state(self) -> ts.TrainState:
+    """The TrainState, rebuilt from the leaves where it is read (validation,
+    checkpoints): ts.jit_train_step_on_leaves says why."""
+    return jax.tree.unflatten(self.treedef, self.leaves)
 
 
 def _every(value: int, steps_per_epoch: int) -> int:
@@ -115,13 +122,14 @@ def _setup(config: ml_collections.ConfigDict, workdir: str,
     logging.info("Resumed from step %d of %s", int(state.step), workdir)
   else:
     state = jax.device_put(state, shardings)
-  step_fn = ts.jit_train_step(
+  step_fn, treedef = ts.jit_train_step_on_leaves(
       model.model_def, tx, lr_fn,
       diffusion.make_schedule(config.diffusion.num_timesteps), config,
       shardings, model.mesh)
   logger = train_logging.TrainLogger(workdir, total_steps=total_steps,
                                      initial_step=int(state.step))
-  return _Loop(config, workdir, model, state, step_fn,
+  return _Loop(config, workdir, model, jax.tree.leaves(state), treedef,
+               step_fn,
                validation.make_sampler(model.model_def, config, model.mesh),
                checkpoints, iterator, logger, steps_per_epoch, total_steps,
                best, started)
@@ -160,9 +168,9 @@ def _log_train(loop: _Loop, step: int, pending: list, started: float,
 
 def _validate(loop: _Loop, step: int) -> None:
   """Scores the validation split; keeps the best checkpoint."""
-  config = loop.config
+  config, state = loop.config, loop.state
   results = validation.evaluate_split(
-      loop.state.params, loop.state.batch_stats, loop.sampler, config,
+      state.params, state.batch_stats, loop.sampler, config,
       loop.model.mesh, config.eval_split, max_batches=config.eval_max_batches)
   score = score_of(results, config.best_metric)
   loop.logger.write(step, "val", {**results, "score": score})
@@ -170,8 +178,8 @@ def _validate(loop: _Loop, step: int) -> None:
       f"{k} {v:.4f}" for k, v in results.items()))
   if score > loop.best["score"]:
     loop.best = {"score": score, "step": step}
-    loop.checkpoints.save_best(step, loop.state, {"step": step, **results,
-                                                  "score": score})
+    loop.checkpoints.save_best(step, state, {"step": step, **results,
+                                             "score": score})
 
 
 def _save(loop: _Loop, step: int, force: bool = False) -> None:
@@ -197,10 +205,10 @@ def _train(loop: _Loop, preemption: preemption_lib.Preemption) -> bool:
         # Compiled ahead of the first step, so that the compiler's freed
         # memory goes back to the OS before the step allocates its buffers.
         compile_started = time.time()
-        step_fn = loop.step_fn.lower(loop.state, batch).compile()
+        step_fn = loop.step_fn.lower(loop.leaves, batch).compile()
         compile_seconds = time.time() - compile_started
         ts.release_freed_host_memory()
-      loop.state, metrics = step_fn(loop.state, batch)
+      loop.leaves, metrics = step_fn(loop.leaves, batch)
       loop.iterator.state = iterator_state
       pending.append(metrics)
       step += 1
