@@ -1,8 +1,8 @@
 """The two op paths (models/op_paths.py) compute the same function: the
-demo model's output and every parameter gradient (the model cut to two stages,
-configs/demo.py: check_model_config; every layer kind is in it), float32, XLA:CPU
-forms against native ones, on the same parameters. Parity of the native path
-with the published model: tests/test_parity.py."""
+model's output and every parameter gradient, float32, XLA:CPU forms against
+native ones, on the same parameters, for the demo model cut to two stages
+(configs/demo.py: check_model_config; every layer kind is in it). Parity of
+the native path with the published model: tests/test_parity.py."""
 
 import re
 

@@ -1,4 +1,5 @@
-"""The jitted train step: data parallelism, parameter sharding, frozen VGGish."""
+"""The jitted train step: data parallelism, parameter sharding, frozen
+VGGish, and the trainer's form of it on the state's leaves."""
 
 import os
 import pathlib
