@@ -48,6 +48,15 @@ def test_train_step_tests_pass_at_default_compile():
   assert "4 passed, 2 skipped" in result.stdout, result.stdout[-6000:]
 
 
+def _random_model(config) -> model_setup.Model:
+  """The config's model with NumPy-drawn variables (tests/random_weights.py)."""
+  model = model_setup.abstract_model(config)
+  variables = random_weights.random_variables(config.model)
+  nnx.replace_by_pure_dict(model.params, variables["params"])
+  nnx.replace_by_pure_dict(model.batch_stats, variables["batch_stats"])
+  return model
+
+
 @pytest.fixture(scope="module")
 def av_setup():
   config = demo.get_config()
@@ -70,11 +79,8 @@ def av_setup():
   # NumPy draws, not the model's initialisation: nothing to compile (the
   # child pytest took 356 s with it, 130-190 s with these; separate runs on
   # an idle 2-core Xeon), and a state that does not depend on XLA's flags.
-  model = model_setup.abstract_model(config)
-  variables = random_weights.random_variables(config.model)
+  model = _random_model(config)
   params, batch_stats = model.params, model.batch_stats
-  nnx.replace_by_pure_dict(params, variables["params"])
-  nnx.replace_by_pure_dict(batch_stats, variables["batch_stats"])
   rng = np.random.default_rng(0)
   mc = config.model
   h, w = mc.image_size
@@ -229,10 +235,7 @@ def test_step_on_leaves_equals_the_train_step_bit_for_bit():
   config.model = demo.check_model_config("visual")
   config.synthetic_data.enabled = False
   config.mesh_data_axis = 1
-  model = model_setup.abstract_model(config)
-  variables = random_weights.random_variables(config.model)
-  nnx.replace_by_pure_dict(model.params, variables["params"])
-  nnx.replace_by_pure_dict(model.batch_stats, variables["batch_stats"])
+  model = _random_model(config)
   mesh = ts.make_mesh(1)
   lr_fn = ts.learning_rate_fn(config, steps_per_epoch=10)
   tx = ts.make_optimizer(config, lr_fn)

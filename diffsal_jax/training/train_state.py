@@ -209,14 +209,21 @@ def _partial_step(model_def, tx, lr_fn, schedule, config) -> Callable:
                            lr_fn=lr_fn, schedule=schedule, config=config)
 
 
+def _jit_step(step: Callable, state_shardings: Any, mesh: Mesh) -> Callable:
+  """jax.jit of `step(state, batch) -> (state, metrics)`: the state with
+  fixed shardings (old one donated), the batch on the data axis, the
+  metrics replicated."""
+  replicated = NamedSharding(mesh, PartitionSpec())
+  return jax.jit(step, in_shardings=(state_shardings, batch_sharding(mesh)),
+                 out_shardings=(state_shardings, replicated),
+                 donate_argnums=(0,))
+
+
 def jit_train_step(model_def: ModelDef, tx, lr_fn, schedule, config,
                    state_shardings: Any, mesh: Mesh) -> Callable:
   """Compiled step: state in/out with fixed shardings, old state donated."""
-  replicated = NamedSharding(mesh, PartitionSpec())
-  return jax.jit(_partial_step(model_def, tx, lr_fn, schedule, config),
-                 in_shardings=(state_shardings, batch_sharding(mesh)),
-                 out_shardings=(state_shardings, replicated),
-                 donate_argnums=(0,))
+  return _jit_step(_partial_step(model_def, tx, lr_fn, schedule, config),
+                   state_shardings, mesh)
 
 
 def jit_train_step_on_leaves(model_def: ModelDef, tx, lr_fn, schedule, config,
@@ -241,9 +248,4 @@ def jit_train_step_on_leaves(model_def: ModelDef, tx, lr_fn, schedule, config,
     state, metrics = step(jax.tree.unflatten(treedef, leaves), batch)
     return jax.tree.leaves(state), metrics
 
-  replicated = NamedSharding(mesh, PartitionSpec())
-  jitted = jax.jit(step_on_leaves,
-                   in_shardings=(leaf_shardings, batch_sharding(mesh)),
-                   out_shardings=(leaf_shardings, replicated),
-                   donate_argnums=(0,))
-  return jitted, treedef
+  return _jit_step(step_on_leaves, leaf_shardings, mesh), treedef
